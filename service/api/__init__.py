@@ -1,0 +1,37 @@
+"""The FastAPI application: routers for jobs, trained models (predict) and health."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from service.api import catalog, health, jobs, trained_models
+from service.config import Settings, get_settings
+from service.db import make_engine, make_session_factory
+from service.errors import install_error_handlers
+from service.inference import ModelCache
+from service.schemas import ErrorResponse
+
+DESCRIPTION = """Train the classic networks of *Dive into Deep Learning* (softmax regression,
+MLP, LeNet, AlexNet, VGG, NiN) on Fashion-MNIST, follow their curves, and call the trained
+models over HTTP with dropout off. Every 4xx has the body `{"error": {...}}` documented below."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="trainserve",
+        version="0.1.0",
+        description=DESCRIPTION,
+        responses={422: {"model": ErrorResponse, "description": "Invalid request"}},
+    )
+    engine = make_engine(settings.resolved_database_url)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = make_session_factory(engine)
+    app.state.model_cache = ModelCache(settings.resolved_artifact_dir, settings.model_cache_size)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(catalog.router)
+    app.include_router(jobs.router)
+    app.include_router(trained_models.router)
+    return app

@@ -1,0 +1,32 @@
+"""What can be trained: networks with their course defaults, datasets, optimizers."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+import models
+from service.training.config import OPTIMIZERS
+from service.training.data import KNOWN_DATASETS
+
+router = APIRouter(tags=["catalog"])
+
+
+@router.get("/catalog")
+def catalog() -> dict[str, object]:
+    """Networks (with the defaults a job gets when it omits lr, dropout, resize), datasets."""
+    networks = []
+    for name in models.list_models():
+        spec = models.get_spec(name)
+        networks.append(
+            {
+                "name": spec.name,
+                "description": spec.description,
+                "input_side": spec.input_side,
+                "min_side": spec.min_side,
+                "lr": spec.lr,
+                "adam_lr": spec.adam_lr,
+                "dropout": spec.dropout,
+                "has_dropout": spec.has_dropout,
+            }
+        )
+    return {"models": networks, "datasets": list(KNOWN_DATASETS), "optimizers": list(OPTIMIZERS)}

@@ -1,0 +1,93 @@
+"""Training jobs: submit, list, inspect, follow the curves, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, status
+
+from service import queue
+from service.api.params import JobId
+from service.db import SessionDep
+from service.errors import Conflict, InvalidRequest, NotFound
+from service.schemas import (
+    EpochMetricPublic,
+    EpochMetricsPublic,
+    ErrorResponse,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+)
+from service.tables import JobStatus
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+NOT_FOUND = {404: {"model": ErrorResponse, "description": "No job with that id"}}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+def submit_job(
+    body: JobCreate,
+    request: Request,
+    session: SessionDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobPublic:
+    """Queue a training job; a worker picks it up by priority, then age."""
+    config, problems = body.resolve()
+    if problems:
+        raise InvalidRequest.for_fields(problems)
+    job = queue.submit_job(
+        session,
+        config.to_dict(),
+        priority=body.priority,
+        max_attempts=request.app.state.settings.max_attempts,
+        idempotency_key=idempotency_key,
+    )
+    return JobPublic.from_job(job)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    session: SessionDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobsPublic:
+    """Jobs, newest first."""
+    jobs, count = queue.list_jobs(
+        session, status=status.value if status else None, limit=limit, offset=offset
+    )
+    return JobsPublic(data=[JobPublic.from_job(j) for j in jobs], count=count)
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
+def get_job(job_id: JobId, session: SessionDep) -> JobPublic:
+    """One job: its status, configuration, progress and final metrics."""
+    try:
+        return JobPublic.from_job(queue.get_job(session, job_id))
+    except queue.JobNotFound as exc:
+        raise NotFound(str(exc)) from exc
+
+
+@router.get("/{job_id}/metrics", response_model=EpochMetricsPublic, responses=NOT_FOUND)
+def get_metrics(job_id: JobId, session: SessionDep) -> EpochMetricsPublic:
+    """Per-epoch training and validation curves, epoch numbered from 1."""
+    try:
+        rows = queue.list_epoch_metrics(session, job_id)
+    except queue.JobNotFound as exc:
+        raise NotFound(str(exc)) from exc
+    return EpochMetricsPublic(data=[EpochMetricPublic.from_row(r) for r in rows], count=len(rows))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses={**NOT_FOUND, 409: {"model": ErrorResponse, "description": "Already finished"}},
+)
+def cancel_job(job_id: JobId, session: SessionDep) -> JobPublic:
+    """Cancel: a queued job at once, a running one within seconds (see cancel_requested)."""
+    try:
+        return JobPublic.from_job(queue.cancel_job(session, job_id))
+    except queue.JobNotFound as exc:
+        raise NotFound(str(exc)) from exc
+    except queue.JobFinished as exc:
+        raise Conflict(f"{exc}; only queued or running jobs can be cancelled") from exc

@@ -1,0 +1,102 @@
+"""Per-job artifact files: final weights (safetensors) plus a JSON file describing the model.
+
+Layout under the artifact directory:  jobs/<job_id>/model.safetensors
+                                      jobs/<job_id>/model.json
+                                      jobs/<job_id>/checkpoint.pt   (latest epoch, for resuming)
+Nothing here unpickles user input: weights are safetensors, the description is JSON, and
+checkpoints are written by our own workers only and read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import models
+
+WEIGHTS_FILE = "model.safetensors"
+DESCRIPTION_FILE = "model.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What inference needs to rebuild a trained network from its files alone."""
+
+    job_id: int
+    model: str  # registry name
+    model_kwargs: dict[str, Any]  # passed to models.build(model, **model_kwargs)
+    input_side: int  # pixels; inputs are resized to input_side x input_side
+    class_names: list[str]
+    config: dict[str, Any]  # the job's whole TrainConfig
+    metrics: dict[str, Any]  # final train/val/test figures
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, sort_keys=True)
+
+
+def job_dir(artifact_dir: Path, job_id: int) -> Path:
+    return Path(artifact_dir) / "jobs" / str(int(job_id))
+
+
+def checkpoint_path(artifact_dir: Path, job_id: int) -> Path:
+    return job_dir(artifact_dir, job_id) / CHECKPOINT_FILE
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via temp file + fsync + rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_trained_model(
+    artifact_dir: Path, description: ModelDescription, model: torch.nn.Module
+) -> Path:
+    """Write weights first and the description last: the JSON's presence marks a complete model."""
+    directory = job_dir(artifact_dir, description.job_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".weights.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, directory / WEIGHTS_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    atomic_write_bytes(directory / DESCRIPTION_FILE, description.to_json().encode())
+    return directory
+
+
+def read_description(artifact_dir: Path, job_id: int) -> ModelDescription:
+    """Raises FileNotFoundError when the job has no complete model."""
+    raw = (job_dir(artifact_dir, job_id) / DESCRIPTION_FILE).read_text()
+    return ModelDescription(**json.loads(raw))
+
+
+def load_trained_model(artifact_dir: Path, job_id: int) -> tuple[torch.nn.Module, ModelDescription]:
+    """Rebuild the network from its files, in eval mode (dropout off), on the CPU."""
+    description = read_description(artifact_dir, job_id)
+    model = models.build(description.model, **description.model_kwargs)
+    state = load_file(str(job_dir(artifact_dir, job_id) / WEIGHTS_FILE), device="cpu")
+    model.load_state_dict(state)
+    model.eval()
+    return model, description

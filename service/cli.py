@@ -1,0 +1,113 @@
+"""The `trainserve` command: serve | worker | migrate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from service.config import Settings, get_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def migrate(settings: Settings) -> None:
+    """Upgrade the database to the newest schema (alembic upgrade head)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(REPO_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(REPO_ROOT / "alembic"))
+    config.set_main_option("sqlalchemy.url", settings.resolved_database_url.replace("%", "%%"))
+    config.attributes["configure_logging"] = False
+    command.upgrade(config, "head")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.api import create_app
+    from service.worker import WorkerPool, default_worker_devices
+
+    overrides = {"host": args.host, "port": args.port, "workers": args.workers}
+    settings = get_settings().model_copy(
+        update={k: v for k, v in overrides.items() if v is not None}
+    )
+    migrate(settings)
+    pool = WorkerPool(settings, default_worker_devices(settings.workers))
+    pool.start()
+    try:
+        log = logging.getLogger("trainserve")
+        log.info("database %s", settings.resolved_database_url)
+        log.info("artifacts %s", settings.resolved_artifact_dir)
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    finally:
+        pool.stop()
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from service.worker import Worker
+
+    settings = get_settings()
+    if args.migrate:
+        migrate(settings)
+    worker = Worker(settings, device=args.device or _default_device(), name=args.name)
+    worker.install_signal_handlers()
+    if args.parent_pid:
+        worker.exit_with_parent(args.parent_pid)
+    worker.run()
+    return 0
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _migrate(_: argparse.Namespace) -> int:
+    settings = get_settings()
+    migrate(settings)
+    print(f"database at the newest schema: {settings.resolved_database_url}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="API + embedded worker pool (migrates first)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1, TRAINSERVE_HOST)")
+    serve.add_argument("--port", type=int, help="port (default 8000, TRAINSERVE_PORT)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes (default: one per GPU, else one; "
+        "TRAINSERVE_WORKERS); 0 runs the API alone",
+    )
+    serve.set_defaults(func=_serve)
+
+    worker = sub.add_parser("worker", help="a standalone worker against TRAINSERVE_DATABASE_URL")
+    worker.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if present)")
+    worker.add_argument("--name", help="lease owner name (default host:pid:random)")
+    worker.add_argument("--migrate", action="store_true", help="upgrade the schema first")
+    worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    worker.set_defaults(func=_worker)
+
+    mig = sub.add_parser("migrate", help="upgrade the database schema (alembic upgrade head)")
+    mig.set_defaults(func=_migrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Settings from the environment (prefix TRAINSERVE_); defaults give the embedded mode."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_STATE_DIR = Path("var")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAINSERVE_", extra="ignore")
+
+    # Where the embedded defaults keep their files: var/trainserve.db and var/artifacts/.
+    state_dir: Path = DEFAULT_STATE_DIR
+    database_url: str | None = None  # default: sqlite:///<state_dir>/trainserve.db (WAL mode)
+    artifact_dir: Path | None = None  # default: <state_dir>/artifacts
+    data_dir: Path | None = None  # Fashion-MNIST IDX files; then /usr/share/datasets/fashion-mnist
+
+    workers: int | None = Field(default=None, ge=0)  # default: one per GPU, else one on the CPU
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    poll_seconds: float = Field(default=0.5, gt=0)  # how often an idle worker looks for a job
+    heartbeat_seconds: float = Field(default=5.0, gt=0)  # lease renewal interval
+    lease_seconds: float = Field(default=30.0, gt=0)  # a job whose lease lapses is requeued
+    cancel_check_seconds: float = Field(
+        default=1.0, gt=0
+    )  # how often a running job looks at its cancel flag
+    max_attempts: int = Field(default=3, ge=1)  # runs of one job before it is failed
+
+    max_predict_instances: int = Field(default=256, ge=1)  # images per predict request
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)  # predict request body
+    model_cache_size: int = Field(default=8, ge=1)  # trained models kept loaded
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.state_dir / 'trainserve.db').resolve()}"
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return (self.artifact_dir or self.state_dir / "artifacts").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,135 @@
+"""One error hierarchy, one handler, one JSON error shape:
+
+{"error": {"status": 422, "code": "invalid_request", "message": "dropout: ...",
+           "fields": [{"field": "dropout", "reason": "..."}]}}
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        fields: list[tuple[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or []
+        self.headers = headers
+
+
+class InvalidRequest(ApiError):
+    status = 422
+    code = "invalid_request"
+
+    @classmethod
+    def for_fields(cls, problems: list[tuple[str, str]]) -> InvalidRequest:
+        return cls("; ".join(f"{f}: {r}" for f, r in problems), fields=problems)
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+def error_body(
+    status: int, code: str, message: str, fields: list[tuple[str, str]]
+) -> dict[str, Any]:
+    return {
+        "error": {
+            "status": status,
+            "code": code,
+            "message": message,
+            "fields": [{"field": f, "reason": r} for f, r in fields],
+        }
+    }
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    # ("body", "dropout") -> "dropout"; ("query", "limit") -> "limit"; ("body",) -> "body"
+    parts = (
+        [str(p) for p in loc[1:]]
+        if len(loc) > 1 and loc[0] in ("body", "query", "path", "header")
+        else [str(p) for p in loc]
+    )
+    return ".".join(parts) or "body"
+
+
+def _reason(error: dict[str, Any]) -> str:
+    if error.get("type") == "json_invalid":
+        return f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})"
+    if error.get("type") == "missing":
+        return "this field is required"
+    if error.get("type") == "extra_forbidden":
+        return "unknown field"
+    message = str(error.get("msg", "invalid value"))
+    return message.removeprefix("Value error, ")
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = [(_field_name(tuple(e.get("loc", ()))), _reason(e)) for e in exc.errors()]
+    err = InvalidRequest.for_fields(problems)
+    return JSONResponse(error_body(err.status, err.code, err.message, err.fields), status_code=422)
+
+
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(
+        error_body(exc.status, exc.code, exc.message, exc.fields),
+        status_code=exc.status,
+        headers=exc.headers,
+    )
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(
+        error_body(exc.status_code, code, str(exc.detail), []),
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(
+        error_body(500, "internal_error", "internal server error; see the server log", []),
+        status_code=500,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)

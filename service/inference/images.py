@@ -1,0 +1,101 @@
+"""Decode uploaded image files into grayscale pixel arrays.
+
+Any format Pillow reads (bar EPS, which would run Ghostscript) and any size up to
+``MAX_SIDE`` pixels a side becomes a uint8 array (H, W) of 0-255 gray values. Resizing to
+the model's input side is *not* done here: it belongs to ``models.to_model_input``, the
+preprocessing shared with training.
+
+Fashion-MNIST shows a light object on a black background, so transparent pixels are
+composited onto black. Animated images give their first frame; EXIF orientation is applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from service.inference.errors import InvalidInput
+
+MAX_SIDE = 4096  # pixels per side; also bounds the pixel count at 16.7 Mpx
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
+
+# EPS is decoded by spawning Ghostscript: never hand it untrusted bytes.
+_EXCLUDED_FORMATS = frozenset({"EPS"})
+
+
+def _allowed_formats() -> list[str]:
+    Image.init()
+    return [f for f in Image.ID if f not in _EXCLUDED_FORMATS]
+
+
+def _to_gray(im: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> uint8 (H, W), alpha composited onto black."""
+    mode = im.mode
+    if mode == "P":
+        # A palette may carry transparency (tRNS / GIF transparent index).
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+        mode = im.mode
+    elif mode == "PA":
+        im = im.convert("RGBA")
+        mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit grayscale (PNG/TIFF): scale 0-65535 onto 0-255.
+        wide = np.asarray(im).astype(np.float64)
+        return np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+    if mode == "F":
+        return np.clip(np.rint(np.asarray(im, dtype=np.float64)), 0, 255).astype(np.uint8)
+    if mode in ("RGBA", "LA", "RGBa", "La"):
+        if mode in ("RGBa", "La"):  # premultiplied: undo first so the arithmetic below holds
+            im = im.convert("RGBA" if mode == "RGBa" else "LA")
+        la = np.asarray(im.convert("LA"), dtype=np.float64)
+        gray = la[..., 0] * la[..., 1] / 255.0  # composite onto black
+        return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+    if mode != "L":
+        try:
+            im = im.convert("L")
+        except ValueError:  # modes without a direct path to L (e.g. LAB, HSV)
+            im = im.convert("RGB").convert("L")
+    return np.array(im, dtype=np.uint8)
+
+
+def decode_image(data: bytes, field: str) -> np.ndarray:
+    """Decode one uploaded file; raise InvalidInput(field, ...) when it is not a usable image."""
+    if not data:
+        raise InvalidInput(field, "not an image Pillow can read (the file is empty)")
+    try:
+        im = Image.open(io.BytesIO(data), formats=_allowed_formats())
+    except Image.DecompressionBombError as exc:
+        raise InvalidInput(field, f"image too large ({exc})") from None
+    except Exception as exc:  # every decoder failure is the client's input
+        raise InvalidInput(field, f"not an image Pillow can read ({_describe(exc)})") from None
+    with im:
+        width, height = im.size
+        if width < 1 or height < 1:
+            raise InvalidInput(field, f"image has no pixels ({width}×{height})")
+        # Checked from the header, before any pixel data is decompressed.
+        if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+            raise InvalidInput(
+                field,
+                f"image too large: {width}×{height} pixels, at most {MAX_SIDE}×{MAX_SIDE}",
+            )
+        try:
+            im.seek(0)  # animated images: the first frame
+            im.load()
+            with contextlib.suppress(Exception):  # broken EXIF: keep the pixels as stored
+                im = ImageOps.exif_transpose(im)
+            return _to_gray(im)
+        except InvalidInput:
+            raise
+        except Exception as exc:  # truncated or corrupt pixel data
+            raise InvalidInput(field, f"not an image Pillow can read ({_describe(exc)})") from None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    # Pillow's "cannot identify image file <_io.BytesIO object at 0x...>" leaks an address.
+    if isinstance(exc, Image.UnidentifiedImageError) or text.startswith("cannot identify"):
+        return "unrecognised format"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,405 @@
+"""Every job-state transition, and all job SQL: submit, claim, heartbeat, cancel, finish, requeue.
+
+Workers call the functions that take an Engine; each runs in its own short write transaction
+(SQLite: BEGIN IMMEDIATE). Every write a worker makes after claiming is conditional on the
+lease token it claimed with, so a worker that lost its lease cannot overwrite the job.
+Time always comes from the database clock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from service.tables import FINISHED_STATUSES, EpochMetric, Job, JobStatus
+
+JOBS = Job.__table__
+METRICS = EpochMetric.__table__
+RETRY_BACKOFF_SECONDS = 5  # a requeued job waits attempts x this long before its next claim
+RETRY_BACKOFF_MAX_SECONDS = 120
+FINISHED = tuple(s.value for s in FINISHED_STATUSES)
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class JobFinished(Exception):
+    """The job already reached succeeded, failed or cancelled."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"job {job.id} is already {job.status}")
+        self.job = job
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    token: str  # the lease token: every later write must present it
+    config: dict[str, Any]
+    attempt: int  # 1 for the first run
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    lease_held: bool  # False: the lease was lost; stop writing, stop working
+    cancel_requested: bool
+
+
+# --- database clock ------------------------------------------------------------------------
+
+_SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%f"
+
+
+def db_now(dialect: str) -> ColumnElement[Any]:
+    if dialect == "sqlite":
+        return func.strftime(_SQLITE_TIME_FORMAT, "now")
+    return func.now()
+
+
+def db_now_plus(dialect: str, seconds: float | ColumnElement[Any]) -> ColumnElement[Any]:
+    if dialect == "sqlite":
+        amount = (
+            literal(f"{seconds:+.3f}")
+            if isinstance(seconds, int | float)
+            else (literal("+") + cast(seconds, String))
+        )
+        return func.strftime(_SQLITE_TIME_FORMAT, "now", amount + literal(" seconds"))
+    if isinstance(seconds, int | float):
+        return func.now() + timedelta(seconds=seconds)
+    return func.now() + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
+@contextmanager
+def _write(engine: Engine) -> Iterator[Connection]:
+    """A write transaction that takes SQLite's write lock at BEGIN (no-op elsewhere)."""
+    with engine.connect() as conn:
+        conn.execution_options(sqlite_immediate=True)
+        with conn.begin():
+            yield conn
+
+
+# --- API side (sessions) -------------------------------------------------------------------
+
+
+def submit_job(
+    session: Session,
+    config: dict[str, Any],
+    *,
+    priority: int = 0,
+    max_attempts: int = 3,
+    idempotency_key: str | None = None,
+) -> Job:
+    """Insert a queued job; the same idempotency key returns the job it created first."""
+    if idempotency_key is not None:
+        existing = session.scalars(
+            select(Job).where(Job.idempotency_key == idempotency_key)
+        ).first()
+        if existing is not None:
+            return existing
+    job = Job(
+        status=JobStatus.QUEUED.value,
+        model=config["model"],
+        config=config,
+        priority=priority,
+        max_attempts=max_attempts,
+        idempotency_key=idempotency_key,
+        attempts=0,
+        epochs_done=0,
+        cancel_requested=False,
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same key won the insert: return its job.
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = session.scalars(
+            select(Job).where(Job.idempotency_key == idempotency_key)
+        ).first()
+        if existing is None:
+            raise
+        return existing
+    session.refresh(job)
+    return job
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(f"job {job_id} does not exist")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[Sequence[Job], int]:
+    """Newest first, with the total count matching the filter."""
+    where = [Job.status == status] if status else []
+    count = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+    jobs = session.scalars(
+        select(Job).where(*where).order_by(Job.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return jobs, count
+
+
+def list_epoch_metrics(session: Session, job_id: int) -> Sequence[EpochMetric]:
+    get_job(session, job_id)
+    return session.scalars(
+        select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch)
+    ).all()
+
+
+def list_trained_models(
+    session: Session, *, limit: int = 50, offset: int = 0
+) -> tuple[Sequence[Job], int]:
+    return list_jobs(session, status=JobStatus.SUCCEEDED.value, limit=limit, offset=offset)
+
+
+def cancel_job(session: Session, job_id: int) -> Job:
+    """A queued job is cancelled at once; a running one is flagged and its worker stops it."""
+    job = get_job(session, job_id)
+    if job.status in FINISHED:
+        raise JobFinished(job)
+    now = db_now(session.get_bind().dialect.name)
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+        .values(
+            status=JobStatus.CANCELLED.value,
+            cancel_requested=True,
+            finished_at=now,
+            error="cancelled before it started",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+        .values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    session.expire_all()
+    return get_job(session, job_id)
+
+
+# --- worker side (engine, lease-conditional) -----------------------------------------------
+
+
+def claim_next_job(engine: Engine, owner: str, lease_seconds: float) -> ClaimedJob | None:
+    """Atomically take the highest-priority, oldest eligible queued job, or None."""
+    dialect = engine.dialect.name
+    now = db_now(dialect)
+    token = uuid.uuid4().hex
+    eligible = and_(
+        JOBS.c.status == JobStatus.QUEUED.value,
+        or_(JOBS.c.not_before.is_(None), JOBS.c.not_before <= now),
+    )
+    order = (JOBS.c.priority.desc(), JOBS.c.created_at, JOBS.c.id)
+    values = {
+        "status": JobStatus.RUNNING.value,
+        "lease_owner": owner,
+        "lease_token": token,
+        "lease_expires_at": db_now_plus(dialect, lease_seconds),
+        "heartbeat_at": now,
+        "attempts": JOBS.c.attempts + 1,
+        "started_at": func.coalesce(JOBS.c.started_at, now),
+    }
+    returning = (JOBS.c.id, JOBS.c.config, JOBS.c.attempts)
+    if dialect == "postgresql":
+        # Concurrent claimers skip rows another transaction holds instead of waiting on them.
+        pick = (
+            select(JOBS.c.id)
+            .where(eligible)
+            .order_by(*order)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .cte("pick")
+        )
+        stmt = update(JOBS).where(JOBS.c.id == pick.c.id).values(**values).returning(*returning)
+    else:
+        # SQLite: the write lock taken at BEGIN IMMEDIATE serialises claimers.
+        pick_id = select(JOBS.c.id).where(eligible).order_by(*order).limit(1).scalar_subquery()
+        stmt = (
+            update(JOBS)
+            .where(JOBS.c.id == pick_id, JOBS.c.status == JobStatus.QUEUED.value)
+            .values(**values)
+            .returning(*returning)
+        )
+    with _write(engine) as conn:
+        row = conn.execute(stmt).first()
+    if row is None:
+        return None
+    return ClaimedJob(id=row.id, token=token, config=dict(row.config), attempt=row.attempts)
+
+
+def _leased(job_id: int, token: str) -> ColumnElement[bool]:
+    return and_(
+        JOBS.c.id == job_id,
+        JOBS.c.lease_token == token,
+        JOBS.c.status == JobStatus.RUNNING.value,
+    )
+
+
+def heartbeat(engine: Engine, job_id: int, token: str, lease_seconds: float) -> Heartbeat:
+    """Extend the lease; report whether it is still ours and whether cancel was asked for."""
+    dialect = engine.dialect.name
+    stmt = (
+        update(JOBS)
+        .where(_leased(job_id, token))
+        .values(
+            lease_expires_at=db_now_plus(dialect, lease_seconds),
+            heartbeat_at=db_now(dialect),
+        )
+        .returning(JOBS.c.cancel_requested)
+    )
+    with _write(engine) as conn:
+        row = conn.execute(stmt).first()
+    if row is None:
+        return Heartbeat(lease_held=False, cancel_requested=False)
+    return Heartbeat(lease_held=True, cancel_requested=bool(row.cancel_requested))
+
+
+def cancel_requested(engine: Engine, job_id: int, token: str) -> Heartbeat:
+    """A cheap read between heartbeats."""
+    with engine.connect() as conn:
+        row = conn.execute(select(JOBS.c.cancel_requested).where(_leased(job_id, token))).first()
+    if row is None:
+        return Heartbeat(lease_held=False, cancel_requested=False)
+    return Heartbeat(lease_held=True, cancel_requested=bool(row.cancel_requested))
+
+
+def record_epoch(engine: Engine, job_id: int, token: str, metrics: dict[str, float]) -> bool:
+    """Store one epoch's row (idempotent on job + epoch); False if the lease is no longer ours."""
+    dialect = engine.dialect.name
+    epoch = int(metrics["epoch"])
+    row = {
+        k: metrics[k]
+        for k in ("train_loss", "train_acc", "val_loss", "val_acc", "examples_per_sec", "seconds")
+    }
+    insert = postgresql.insert(METRICS) if dialect == "postgresql" else sqlite.insert(METRICS)
+    upsert = insert.values(job_id=job_id, epoch=epoch, **row).on_conflict_do_update(
+        index_elements=[METRICS.c.job_id, METRICS.c.epoch], set_=row
+    )
+    with _write(engine) as conn:
+        touched = conn.execute(
+            update(JOBS).where(_leased(job_id, token)).values(epochs_done=epoch)
+        ).rowcount
+        if touched != 1:
+            return False
+        conn.execute(upsert)
+    return True
+
+
+def finish_job(
+    engine: Engine,
+    job_id: int,
+    token: str,
+    status: JobStatus,
+    *,
+    error: str | None = None,
+    final_metrics: dict[str, float] | None = None,
+) -> bool:
+    """Move a running job to a final status; False if the lease is no longer ours."""
+    dialect = engine.dialect.name
+    values: dict[str, Any] = {
+        "status": status.value,
+        "finished_at": db_now(dialect),
+        "error": error,
+        "lease_token": None,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"):
+        if final_metrics and key in final_metrics:
+            values[key] = final_metrics[key]
+    with _write(engine) as conn:
+        return (
+            conn.execute(update(JOBS).where(_leased(job_id, token)).values(**values)).rowcount == 1
+        )
+
+
+def release_job(engine: Engine, job_id: int, token: str) -> bool:
+    """Give a running job back to the queue (worker shutting down); the run is not counted."""
+    values = {
+        "status": JobStatus.QUEUED.value,
+        "lease_token": None,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "attempts": JOBS.c.attempts - 1,
+    }
+    with _write(engine) as conn:
+        return (
+            conn.execute(update(JOBS).where(_leased(job_id, token)).values(**values)).rowcount == 1
+        )
+
+
+def requeue_expired_leases(engine: Engine) -> int:
+    """Requeue running jobs whose lease lapsed (with backoff), or fail them after max_attempts."""
+    dialect = engine.dialect.name
+    now = db_now(dialect)
+    expired = and_(JOBS.c.status == JobStatus.RUNNING.value, JOBS.c.lease_expires_at < now)
+    out_of_attempts = JOBS.c.attempts >= JOBS.c.max_attempts
+    backoff = (
+        func.min(JOBS.c.attempts * RETRY_BACKOFF_SECONDS, RETRY_BACKOFF_MAX_SECONDS)
+        if dialect == "sqlite"
+        else func.least(JOBS.c.attempts * RETRY_BACKOFF_SECONDS, RETRY_BACKOFF_MAX_SECONDS)
+    )
+    final = or_(out_of_attempts, JOBS.c.cancel_requested)
+    stmt = (
+        update(JOBS)
+        .where(expired)
+        .values(
+            status=case(
+                (JOBS.c.cancel_requested, JobStatus.CANCELLED.value),
+                (out_of_attempts, JobStatus.FAILED.value),
+                else_=JobStatus.QUEUED.value,
+            ),
+            error=case(
+                (JOBS.c.cancel_requested, "cancelled while its worker was unresponsive"),
+                (
+                    out_of_attempts,
+                    literal("its worker stopped responding (lease expired) on each of ")
+                    + cast(JOBS.c.attempts, String)
+                    + literal(" attempts; giving up"),
+                ),
+                else_=JOBS.c.error,
+            ),
+            finished_at=case((final, now), else_=None),
+            not_before=case((final, None), else_=db_now_plus(dialect, backoff)),
+            lease_token=None,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    )
+    with _write(engine) as conn:
+        return conn.execute(stmt).rowcount or 0

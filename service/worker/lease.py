@@ -1,0 +1,66 @@
+"""A background thread that keeps a claimed job's lease alive and watches its cancel flag."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from sqlalchemy import Engine
+
+from service import queue
+
+log = logging.getLogger(__name__)
+
+
+class LeaseKeeper(threading.Thread):
+    """Heartbeats every `heartbeat_seconds`; reads the cancel flag every `check_seconds`.
+
+    Training only reads the two events, so checking for cancellation costs it nothing.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        job_id: int,
+        token: str,
+        *,
+        lease_seconds: float,
+        heartbeat_seconds: float,
+        check_seconds: float,
+    ) -> None:
+        super().__init__(name=f"lease-{job_id}", daemon=True)
+        self.engine, self.job_id, self.token = engine, job_id, token
+        self.lease_seconds = lease_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+        self.check_seconds = min(check_seconds, heartbeat_seconds)
+        self.cancelled = threading.Event()  # the user asked to cancel
+        self.lost = threading.Event()  # the lease is no longer ours: stop, write nothing
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        last_beat = time.monotonic()
+        while not self._done.wait(self.check_seconds):
+            try:
+                if time.monotonic() - last_beat >= self.heartbeat_seconds:
+                    state = queue.heartbeat(
+                        self.engine, self.job_id, self.token, self.lease_seconds
+                    )
+                    last_beat = time.monotonic()
+                else:
+                    state = queue.cancel_requested(self.engine, self.job_id, self.token)
+            except (
+                Exception
+            ):  # the database may be restarting: keep trying until the lease runs out
+                log.warning("job %s: heartbeat failed; will retry", self.job_id, exc_info=True)
+                continue
+            if not state.lease_held:
+                log.warning("job %s: lease lost; stopping without writing", self.job_id)
+                self.lost.set()
+                return
+            if state.cancel_requested:
+                self.cancelled.set()
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(timeout=10)

@@ -1,0 +1,207 @@
+"""The training loop on tiny data: it learns, it stops, it diverges loudly, it resumes exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import models
+from service.training import data
+from service.training.config import TrainConfig
+from service.training.loop import (
+    EpochMetrics,
+    TrainingCancelled,
+    TrainingDiverged,
+    TrainResult,
+    train,
+)
+from service.training.optim import make_optimizer, param_groups
+
+FASHION_PRESENT = data._fashion_mnist_files(data.SYSTEM_DATA_DIR) is not None
+
+
+def synthetic(model: str, **overrides) -> TrainConfig:
+    return TrainConfig(**{"model": model, "dataset": "synthetic", "epochs": 2, **overrides})
+
+
+def curve(result: TrainResult) -> list[tuple[float, ...]]:
+    """The per-epoch figures that must repeat exactly (not the timings)."""
+    return [(m.epoch, m.train_loss, m.train_acc, m.val_loss, m.val_acc) for m in result.epochs]
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        synthetic("softmax", lr=0.1, batch_size=64),
+        synthetic("mlp", lr=0.2, dropout=0.2, batch_size=32),
+        # The course's sigmoid LeNet sits on a plateau for a few hundred SGD steps; Adam with
+        # small batches leaves it within the 2 x 113 steps two epochs give here.
+        synthetic("lenet", lr=0.003, optimizer="adam", batch_size=16),
+    ],
+    ids=lambda c: c.model,
+)
+def test_models_learn_synthetic(config: TrainConfig) -> None:
+    seen: list[EpochMetrics] = []
+    result = train(config, on_epoch=seen.append)
+    assert [m.epoch for m in seen] == [1, 2]
+    assert seen == result.epochs
+    assert result.epochs[1].train_loss < result.epochs[0].train_loss
+    assert result.test_acc > 0.2  # chance is 0.1
+    assert all(m.examples_per_sec > 0 and m.seconds > 0 for m in seen)
+    assert not result.model.training
+    assert all(p.device.type == "cpu" for p in result.model.parameters())
+    assert result.input_side == 28
+    assert result.class_names == data.SYNTHETIC_CLASSES
+    assert result.model_kwargs == {
+        "num_classes": 10,
+        "in_channels": 1,
+        "dropout": config.dropout,
+        "input_side": 28,
+    }
+    assert (result.train_loss, result.val_acc) == (seen[-1].train_loss, seen[-1].val_acc)
+    assert math.isfinite(result.test_loss)
+    rebuilt = models.build(config.model, **result.model_kwargs)
+    rebuilt.load_state_dict(result.model.state_dict())
+
+
+@pytest.mark.skipif(not FASHION_PRESENT, reason="Fashion-MNIST is not installed")
+def test_lenet_learns_fashion_mnist_subset() -> None:
+    config = TrainConfig(
+        model="lenet",
+        dataset="fashion-mnist",
+        lr=0.005,
+        optimizer="adam",
+        batch_size=8,
+        epochs=5,
+        train_examples=560,
+        test_examples=500,
+    )
+    result = train(config)
+    assert result.epochs[-1].train_loss < result.epochs[0].train_loss
+    assert result.test_acc > 0.2
+    assert result.class_names[0] == "T-shirt/top"
+
+
+def test_weight_decay_excludes_biases() -> None:
+    model = models.build("lenet")
+    config = TrainConfig(model="lenet", weight_decay=0.01, optimizer="momentum", lr=0.1)
+    optimizer = make_optimizer(model, config)
+    decayed = [g for g in optimizer.param_groups if g["weight_decay"] > 0]
+    plain = [g for g in optimizer.param_groups if g["weight_decay"] == 0]
+    assert len(decayed) == 1 and decayed[0]["weight_decay"] == 0.01
+    assert all(p.ndim > 1 for p in decayed[0]["params"])
+    assert len(plain) == 1 and all(p.ndim == 1 for p in plain[0]["params"])
+    named = dict(model.named_parameters())
+    decayed_ids = {id(p) for p in decayed[0]["params"]}
+    for name, p in named.items():
+        assert (id(p) in decayed_ids) == name.endswith("weight"), name
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(named)
+    assert optimizer.param_groups[0]["momentum"] == 0.9
+    assert isinstance(
+        make_optimizer(model, dataclasses.replace(config, optimizer="adam")), torch.optim.Adam
+    )
+    # Without decay the weights still come first, in a group of their own, at 0.
+    assert [g["weight_decay"] for g in param_groups(model, 0.0)] == [0.0, 0.0]
+
+
+def test_huge_lr_diverges_and_saves_nothing(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "checkpoint.pt"
+    config = synthetic("mlp", lr=1e8, batch_size=64, epochs=1)
+    with pytest.raises(TrainingDiverged, match=r"epoch 1.*lower learning rate \(now 1e\+08\)"):
+        train(config, checkpoint_path=checkpoint)
+    assert not checkpoint.exists()
+
+
+def test_should_stop_cancels_within_the_epoch() -> None:
+    calls = 0
+    seen: list[EpochMetrics] = []
+
+    def should_stop() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls >= 4
+
+    config = synthetic("softmax", lr=0.1, batch_size=64)  # 1800 / 64 -> 29 batches an epoch
+    with pytest.raises(TrainingCancelled):
+        train(config, on_epoch=seen.append, should_stop=should_stop)
+    assert calls == 4  # stopped at once, a few batches into the first epoch
+    assert seen == []
+
+
+def test_same_seed_same_result() -> None:
+    config = synthetic("mlp", lr=0.2, dropout=0.3, batch_size=64, epochs=2, seed=7)
+    a, b = train(config), train(config)
+    assert curve(a) == curve(b)
+    assert (a.test_loss, a.test_acc) == (b.test_loss, b.test_acc)
+    assert_same_weights(a.model, b.model)
+    c = train(dataclasses.replace(config, seed=8))
+    assert curve(c) != curve(a)
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(tmp_path: Path) -> None:
+    # Dropout and momentum: resuming must restore the RNG, the optimizer state and the shuffling.
+    config = synthetic("mlp", lr=0.1, dropout=0.3, optimizer="momentum", batch_size=64, epochs=2)
+    whole = train(config)
+
+    checkpoint = tmp_path / "jobs" / "1" / "checkpoint.pt"
+    first: list[EpochMetrics] = []
+    train(dataclasses.replace(config, epochs=1), on_epoch=first.append, checkpoint_path=checkpoint)
+    assert [m.epoch for m in first] == [1]
+    assert checkpoint.exists()
+    assert not list(checkpoint.parent.glob("*.tmp"))
+
+    second: list[EpochMetrics] = []
+    resumed = train(config, on_epoch=second.append, checkpoint_path=checkpoint)
+    assert [m.epoch for m in second] == [2]  # epoch 1 is not reported again
+    assert curve(resumed) == curve(whole)
+    assert (resumed.test_loss, resumed.test_acc) == (whole.test_loss, whole.test_acc)
+    assert_same_weights(resumed.model, whole.model)
+
+
+def test_unreadable_or_foreign_checkpoint_starts_over(tmp_path: Path) -> None:
+    config = synthetic("softmax", lr=0.1, batch_size=128, epochs=1)
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(b"not a checkpoint")
+    seen: list[EpochMetrics] = []
+    fresh = train(config, on_epoch=seen.append, checkpoint_path=checkpoint)
+    assert [m.epoch for m in seen] == [1]
+    assert curve(fresh) == curve(train(config))
+    # A checkpoint from another configuration (here: another lr) is not resumed either.
+    other: list[EpochMetrics] = []
+    train(dataclasses.replace(config, lr=0.05), on_epoch=other.append, checkpoint_path=checkpoint)
+    assert [m.epoch for m in other] == [1]
+
+
+def test_partial_last_batch_and_subsets() -> None:
+    config = synthetic(
+        "softmax",
+        lr=0.1,
+        batch_size=64,
+        epochs=1,
+        train_examples=131,
+        val_fraction=0.5,
+        test_examples=33,
+    )
+    result = train(config)  # 65 training examples: a batch of 64 plus one folded into it
+    assert len(result.epochs) == 1 and math.isfinite(result.test_loss)
+    assert result.test_acc * 33 == pytest.approx(round(result.test_acc * 33))
+
+
+def test_bad_config_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        train(synthetic("lenet", resize=8))
+    with pytest.raises(ValueError):
+        train(synthetic("softmax", epochs=0))
+    with pytest.raises(data.DatasetError):
+        train(TrainConfig(model="softmax", dataset="nope"))
