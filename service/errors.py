@@ -98,7 +98,13 @@ def _reason(error: dict[str, Any]) -> str:
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = [(_field_name(tuple(e.get("loc", ()))), _reason(e)) for e in exc.errors()]
+    problems = [
+        (
+            "body" if e.get("type") == "json_invalid" else _field_name(tuple(e.get("loc", ()))),
+            _reason(e),
+        )
+        for e in exc.errors()
+    ]
     err = InvalidRequest.for_fields(problems)
     return JSONResponse(error_body(err.status, err.code, err.message, err.fields), status_code=422)
 

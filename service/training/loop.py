@@ -205,6 +205,8 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any] | None:
         for key in ("model", "optimizer", "epoch", "rng_state", "generator_state", "metrics"):
             if key not in state:
                 raise KeyError(key)
+        if not 1 <= int(state["epoch"]) <= config.epochs:
+            raise ValueError(f"checkpoint is at epoch {state['epoch']} of {config.epochs}")
         return state
     except Exception as exc:  # corrupt, truncated, foreign: start over
         log.warning("cannot resume from checkpoint %s (%s); starting over", path, exc)

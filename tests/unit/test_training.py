@@ -205,3 +205,20 @@ def test_bad_config_is_rejected() -> None:
         train(synthetic("softmax", epochs=0))
     with pytest.raises(data.DatasetError):
         train(TrainConfig(model="softmax", dataset="nope"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("model", ["mlp", "lenet"])
+def test_trains_on_cuda(model: str, tmp_path: Path) -> None:
+    # bf16 autocast (+ channels_last for LeNet) on the device; the result comes back on the CPU.
+    config = synthetic(model, lr=0.003, optimizer="adam", batch_size=16, dropout=0.0)
+    checkpoint = tmp_path / "checkpoint.pt"
+    first = train(dataclasses.replace(config, epochs=1), device="cuda", checkpoint_path=checkpoint)
+    assert len(first.epochs) == 1
+    result = train(config, device="cuda", checkpoint_path=checkpoint)
+    assert [m.epoch for m in result.epochs] == [1, 2]
+    assert result.test_acc > 0.2
+    assert all(p.device.type == "cpu" for p in result.model.parameters())
+    assert all(p.is_contiguous() for p in result.model.parameters())
+    assert not result.model.training

@@ -1,0 +1,155 @@
+"""Every bad input gets a 4xx with the one error shape, naming the field, and writes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import LiveServer, wait_for_status
+from tests.integration.helpers import as_instances, png_bytes
+
+BAD_JOBS = [
+    ({}, "model"),
+    ({"model": "resnet"}, "model"),
+    ({"model": "lenet", "dataset": "cifar10"}, "dataset"),
+    ({"model": "lenet", "weight_decay": -1}, "weight_decay"),
+    ({"model": "lenet", "dropout": 1.0}, "dropout"),
+    ({"model": "lenet", "dropout": -0.1}, "dropout"),
+    ({"model": "softmax", "dropout": 0.5}, "dropout"),  # no dropout layers
+    ({"model": "lenet", "batch_size": 0}, "batch_size"),
+    ({"model": "lenet", "batch_size": 4097}, "batch_size"),
+    ({"model": "lenet", "epochs": 0}, "epochs"),
+    ({"model": "lenet", "epochs": 501}, "epochs"),
+    ({"model": "lenet", "lr": 0}, "lr"),
+    ({"model": "lenet", "lr": -0.1}, "lr"),
+    ({"model": "lenet", "optimizer": "rmsprop"}, "optimizer"),
+    ({"model": "lenet", "seed": -1}, "seed"),
+    ({"model": "lenet", "seed": "abc"}, "seed"),
+    ({"model": "alexnet", "resize": 32}, "resize"),  # too small for AlexNet
+    ({"model": "lenet", "resize": 0}, "resize"),
+    ({"model": "lenet", "epochs": "ten"}, "epochs"),
+    ({"model": "lenet", "learning_rate": 0.1}, "learning_rate"),  # unknown field
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    state = tmp_path_factory.mktemp("bad-input")
+    live = LiveServer(state, f"sqlite:///{state / 'trainserve.db'}", workers=1).start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> httpx.Client:
+    return httpx.Client(base_url=server.url, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def trained_model(client: httpx.Client) -> dict:
+    job = client.post(
+        "/jobs", json={"model": "softmax", "dataset": "synthetic", "epochs": 1, "seed": 1}
+    ).json()
+    return wait_for_status(client, job["id"], {"succeeded", "failed"})
+
+
+def assert_error(response: httpx.Response, status: int, field: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["status"] == status and error["code"] and error["message"]
+    if field is not None:
+        assert field in [f["field"] for f in error["fields"]], error
+        assert field in error["message"]
+        assert all(f["reason"] for f in error["fields"])
+    return error
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_JOBS)
+def test_bad_job_is_422_naming_the_field_and_writes_nothing(
+    client: httpx.Client, body: dict, field: str
+) -> None:
+    before = client.get("/jobs").json()["count"]
+    assert_error(client.post("/jobs", json=body), 422, field)
+    assert client.get("/jobs").json()["count"] == before
+
+
+def test_malformed_json_body_is_422(client: httpx.Client) -> None:
+    response = client.post(
+        "/jobs", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert_error(response, 422, "body")
+    assert_error(client.post("/jobs", json=[1, 2]), 422)
+
+
+def test_list_query_validation(client: httpx.Client) -> None:
+    assert_error(client.get("/jobs", params={"status": "sleeping"}), 422, "status")
+    assert_error(client.get("/jobs", params={"limit": 0}), 422, "limit")
+    assert_error(client.get("/jobs", params={"offset": -1}), 422, "offset")
+
+
+def test_unknown_ids_are_404(client: httpx.Client) -> None:
+    for path in ("/jobs/999999", "/jobs/999999/metrics", "/models/999999"):
+        assert_error(client.get(path), 404)
+    assert_error(client.post("/jobs/999999/cancel"), 404)
+    assert_error(client.post("/models/999999/predict", json={"instances": []}), 404)
+    assert_error(client.get("/jobs/abc"), 422, "job_id")
+    assert_error(client.get("/jobs/99999999999999999999"), 422, "job_id")
+
+
+def test_cancel_finished_job_is_409(client: httpx.Client, trained_model: dict) -> None:
+    assert trained_model["status"] == "succeeded", trained_model
+    assert_error(client.post(f"/jobs/{trained_model['id']}/cancel"), 409)
+
+
+def test_predict_on_unfinished_job_is_409(client: httpx.Client) -> None:
+    # A long job at low priority: whether queued or running, it has no model yet.
+    job = client.post(
+        "/jobs", json={"model": "mlp", "dataset": "synthetic", "epochs": 500, "priority": -5}
+    ).json()
+    response = client.post(f"/models/{job['id']}/predict", json={"instances": []})
+    assert_error(response, 409)
+    assert_error(client.get(f"/models/{job['id']}"), 409)
+    assert client.post(f"/jobs/{job['id']}/cancel").status_code == 200
+
+
+def test_bad_predict_inputs_are_4xx(client: httpx.Client, trained_model: dict) -> None:
+    url = f"/models/{trained_model['id']}/predict"
+    good = np.zeros((28, 28), dtype=np.uint8)
+    cases = [
+        (client.post(url, files=[("files", ("x.png", b"not an image", "image/png"))]), 422, "files[0]"),
+        (client.post(url, files=[("files", ("x.png", b"", "image/png"))]), 422, "files[0]"),
+        (client.post(url, files=[("files", ("a.png", png_bytes(good), "image/png")),
+                                 ("files", ("b.txt", b"hello", "text/plain"))]), 422, "files[1]"),
+        (client.post(url, files=[("other", ("x.png", png_bytes(good), "image/png"))]), 422, "files"),
+        (client.post(url, json={"instances": [np.zeros((27, 28)).tolist()]}), 422, "instances[0]"),
+        (client.post(url, json={"instances": [np.zeros((28, 28, 3)).tolist()]}), 422, "instances[0]"),
+        (client.post(url, json={"instances": [[[300] * 28] * 28]}), 422, "instances[0]"),
+        (client.post(url, json={"instances": [[["a"] * 28] * 28]}), 422, "instances[0]"),
+        (client.post(url, json={"instances": []}), 422, "instances"),
+        (client.post(url, json={"pixels": []}), 422, "instances"),
+        (client.post(url, json={"instances": as_instances(np.zeros((257, 28, 28)))}), 422, "instances"),
+        (client.post(url, content=b"{oops", headers={"content-type": "application/json"}), 422, "body"),
+        (client.post(url, content=b"hi", headers={"content-type": "text/plain"}), 415, None),
+    ]  # fmt: skip
+    for response, status, field in cases:
+        assert_error(response, status, field)
+    too_many = [("files", (f"{i}.png", png_bytes(good), "image/png")) for i in range(257)]
+    assert_error(client.post(url, files=too_many), 422, "files")
+
+
+def test_oversized_body_is_413(tmp_path: Path, start_server) -> None:
+    server = start_server(
+        f"sqlite:///{tmp_path / 'db.sqlite'}", workers=1,
+        env={"TRAINSERVE_MAX_UPLOAD_BYTES": "1000"},
+    )  # fmt: skip
+    client = httpx.Client(base_url=server.url, timeout=60)
+    job = client.post(
+        "/jobs", json={"model": "softmax", "dataset": "synthetic", "epochs": 1}
+    ).json()
+    wait_for_status(client, job["id"], {"succeeded"})
+    big = {"instances": as_instances(np.full((2, 28, 28), 200))}
+    assert_error(client.post(f"/models/{job['id']}/predict", json=big), 413)
