@@ -363,17 +363,47 @@ def release_job(engine: Engine, job_id: int, token: str) -> bool:
         )
 
 
+def requeue_or_fail(engine: Engine, job_id: int, token: str, reason: str) -> bool:
+    """The job's process crashed: requeue it with backoff, or fail it after max_attempts."""
+    dialect = engine.dialect.name
+    out_of_attempts = JOBS.c.attempts >= JOBS.c.max_attempts
+    stmt = (
+        update(JOBS)
+        .where(_leased(job_id, token))
+        .values(
+            status=case((out_of_attempts, JobStatus.FAILED.value), else_=JobStatus.QUEUED.value),
+            error=case(
+                (
+                    out_of_attempts,
+                    literal(f"{reason}; gave up after ")
+                    + cast(JOBS.c.attempts, String)
+                    + literal(" attempts"),
+                ),
+                else_=literal(f"{reason} (will retry)"),
+            ),
+            finished_at=case((out_of_attempts, db_now(dialect)), else_=None),
+            not_before=case((out_of_attempts, None), else_=db_now_plus(dialect, _backoff(dialect))),
+            lease_token=None,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    )
+    with _write(engine) as conn:
+        return conn.execute(stmt).rowcount == 1
+
+
+def _backoff(dialect: str) -> ColumnElement[Any]:
+    least = func.min if dialect == "sqlite" else func.least
+    return least(JOBS.c.attempts * RETRY_BACKOFF_SECONDS, RETRY_BACKOFF_MAX_SECONDS)
+
+
 def requeue_expired_leases(engine: Engine) -> int:
     """Requeue running jobs whose lease lapsed (with backoff), or fail them after max_attempts."""
     dialect = engine.dialect.name
     now = db_now(dialect)
     expired = and_(JOBS.c.status == JobStatus.RUNNING.value, JOBS.c.lease_expires_at < now)
     out_of_attempts = JOBS.c.attempts >= JOBS.c.max_attempts
-    backoff = (
-        func.min(JOBS.c.attempts * RETRY_BACKOFF_SECONDS, RETRY_BACKOFF_MAX_SECONDS)
-        if dialect == "sqlite"
-        else func.least(JOBS.c.attempts * RETRY_BACKOFF_SECONDS, RETRY_BACKOFF_MAX_SECONDS)
-    )
+    backoff = _backoff(dialect)
     final = or_(out_of_attempts, JOBS.c.cancel_requested)
     stmt = (
         update(JOBS)

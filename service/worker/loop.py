@@ -3,29 +3,34 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import socket
 import threading
-import traceback
+import time
 import uuid
-from pathlib import Path
+from multiprocessing.process import BaseProcess
 
 from service import queue
-from service.artifacts import ModelDescription, checkpoint_path, save_trained_model
+from service.artifacts import checkpoint_path
 from service.config import Settings
 from service.db import make_engine
 from service.tables import JobStatus
-from service.training.config import TrainConfig
-from service.training.data import DatasetError
-from service.training.loop import EpochMetrics, TrainingCancelled, TrainingDiverged, train
+from service.worker.child import job_process_main
+from service.worker.execute import Outcome
+from service.worker.lease import LeaseKeeper
 
 log = logging.getLogger(__name__)
+# spawn, not fork: a job process must not inherit CUDA state or the worker's DB connections.
+_SPAWN = multiprocessing.get_context("spawn")
+KILL_GRACE_SECONDS = 30.0  # after SIGTERM a job stops at its next batch; then SIGKILL
 
 
 class Worker:
-    """One worker on one device. The first SIGTERM/SIGINT requeues the current job and exits;
-    a second one exits at once."""
+    """One worker on one device; each job runs in a process of its own. The first SIGTERM or
+    SIGINT requeues the current job (it resumes from its last checkpoint) and exits; a second
+    one exits at once."""
 
     def __init__(self, settings: Settings, *, device: str = "cpu", name: str | None = None) -> None:
         self.settings = settings
@@ -82,10 +87,9 @@ class Worker:
     # --- one job -----------------------------------------------------------------------------
 
     def run_job(self, claimed: queue.ClaimedJob) -> None:
+        """Train the job in a child process while this process keeps its lease alive."""
         job_id, token = claimed.id, claimed.token
         log.info("worker %s: job %s attempt %s", self.name, job_id, claimed.attempt)
-        from service.worker.lease import LeaseKeeper
-
         keeper = LeaseKeeper(
             self.engine,
             job_id,
@@ -95,69 +99,67 @@ class Worker:
             check_seconds=self.settings.cancel_check_seconds,
         )
         keeper.start()
-        ckpt = checkpoint_path(self.artifact_dir, job_id)
+        settings_data = self.settings.model_dump(mode="json") | {
+            "database_url": self.settings.resolved_database_url,
+            "artifact_dir": str(self.artifact_dir),
+        }
+        process = _SPAWN.Process(
+            target=job_process_main,
+            args=(settings_data, job_id, token, claimed.config, self.device),
+            name=f"trainserve-job-{job_id}",
+        )
+        try:
+            process.start()
+            self._supervise(process, keeper)
+        finally:
+            keeper.stop()
+        self._settle(claimed, process.exitcode, keeper)
 
-        def on_epoch(metrics: EpochMetrics) -> None:
-            if not queue.record_epoch(self.engine, job_id, token, metrics.to_dict()):
-                keeper.lost.set()
-
-        def should_stop() -> bool:
-            return (
+    def _supervise(self, process: BaseProcess, keeper: LeaseKeeper) -> None:
+        """Wait for the job process; on cancel, lost lease or shutdown: SIGTERM, then SIGKILL."""
+        asked_at: float | None = None
+        while process.is_alive():
+            process.join(timeout=0.2)
+            stop = (
                 keeper.cancelled.is_set()
                 or keeper.lost.is_set()
                 or self.stopping.is_set()
                 or self._parent_gone()
             )
+            if stop and asked_at is None:
+                asked_at = time.monotonic()
+                process.terminate()  # SIGTERM: stop between two batches
+            elif asked_at is not None and time.monotonic() - asked_at > KILL_GRACE_SECONDS:
+                log.warning("job process %s ignored SIGTERM; killing it", process.pid)
+                process.kill()
+                process.join()
 
-        try:
-            config = TrainConfig.from_dict(claimed.config)
-            result = train(
-                config,
-                device=self.device,
-                data_dir=self.settings.data_dir,
-                on_epoch=on_epoch,
-                should_stop=should_stop,
-                checkpoint_path=ckpt,
-            )
-        except TrainingCancelled:
-            if keeper.lost.is_set():
-                pass  # another worker owns the job now; write nothing
-            elif keeper.cancelled.is_set():
-                self._finish(job_id, token, JobStatus.CANCELLED, error="cancelled by request")
-                _remove(ckpt)
-            else:  # shutting down: the checkpoint lets the next worker resume
-                queue.release_job(self.engine, job_id, token)
-                log.info("worker %s: job %s requeued for shutdown", self.name, job_id)
-        except (TrainingDiverged, DatasetError, ValueError) as exc:
-            self._finish(job_id, token, JobStatus.FAILED, error=str(exc))
-            _remove(ckpt)
-        except Exception as exc:
-            log.exception("job %s failed", job_id)
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            self._finish(job_id, token, JobStatus.FAILED, error=f"training crashed: {detail}")
-            _remove(ckpt)
+    def _settle(self, claimed: queue.ClaimedJob, exitcode: int | None, keeper: LeaseKeeper) -> None:
+        """Write what the job process could not: cancelled, requeued, or crashed."""
+        job_id, token = claimed.id, claimed.token
+        if exitcode in (Outcome.FINISHED, Outcome.LEASE_LOST) or keeper.lost.is_set():
+            return
+        ckpt = checkpoint_path(self.artifact_dir, job_id)
+        if keeper.cancelled.is_set():
+            if queue.finish_job(
+                self.engine, job_id, token, JobStatus.CANCELLED, error="cancelled by request"
+            ):
+                ckpt.unlink(missing_ok=True)
+        elif exitcode == Outcome.STOPPED or self.stopping.is_set() or self._parent_gone():
+            queue.release_job(self.engine, job_id, token)  # resumes from its checkpoint
+            log.info("worker %s: job %s requeued for shutdown", self.name, job_id)
         else:
-            description = ModelDescription(
-                job_id=job_id,
-                model=config.model,
-                model_kwargs=result.model_kwargs,
-                input_side=result.input_side,
-                class_names=list(result.class_names),
-                config=config.to_dict(),
-                metrics=result.metrics(),
-            )
-            save_trained_model(self.artifact_dir, description, result.model)
-            if self._finish(job_id, token, JobStatus.SUCCEEDED, final_metrics=result.metrics()):
-                _remove(ckpt)
-        finally:
-            keeper.stop()
-
-    def _finish(self, job_id: int, token: str, status: JobStatus, **kwargs: object) -> bool:
-        ok = queue.finish_job(self.engine, job_id, token, status, **kwargs)  # type: ignore[arg-type]
-        if not ok:
-            log.warning("job %s: lease lost before it could be marked %s", job_id, status.value)
-        return ok
+            reason = _describe_exit(exitcode)
+            log.error("job %s: %s", job_id, reason)
+            queue.requeue_or_fail(self.engine, job_id, token, f"the training process {reason}")
 
 
-def _remove(path: Path) -> None:
-    path.unlink(missing_ok=True)
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "did not exit"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"crashed with exit code {exitcode}"

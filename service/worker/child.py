@@ -1,0 +1,43 @@
+"""The entry point of a job's own process (started with spawn by its worker).
+
+A crash here, an out-of-memory kill or leaked GPU memory ends this job's process only.
+SIGTERM asks the job to stop between two batches; its worker then writes the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from service.config import Settings
+from service.db import make_engine
+from service.worker.execute import Outcome, execute_job
+
+
+def job_process_main(
+    settings_data: dict[str, Any], job_id: int, token: str, config: dict, device: str
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s job-{job_id}: %(message)s"
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when we stop
+    parent = os.getppid()
+    settings = Settings(**settings_data)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        outcome = execute_job(
+            engine, settings, job_id, token, config, device=device, stop=stop,
+            should_stop_extra=lambda: os.getppid() != parent,  # our worker died
+        )  # fmt: skip
+    finally:
+        engine.dispose()
+    sys.exit(int(outcome))
+
+
+__all__ = ["Outcome", "job_process_main"]
