@@ -31,10 +31,19 @@ class Settings(BaseSettings):
         default=1.0, gt=0
     )  # how often a running job looks at its cancel flag
     max_attempts: int = Field(default=3, ge=1)  # runs of one job before it is failed
+    retry_backoff_seconds: float = Field(default=5.0, ge=0)  # x attempts, before a retry
 
     max_predict_instances: int = Field(default=256, ge=1)  # images per predict request
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)  # predict request body
     model_cache_size: int = Field(default=8, ge=1)  # trained models kept loaded
+    # Parameters + buffers of the loaded models together, bytes (VGG-11 alone is ~0.5 GB).
+    model_cache_bytes: int = Field(default=2 * 1024**3, ge=1)
+    inference_device: str = "cpu"  # where the API process runs forward passes: cpu, cuda[:N]
+    inference_threads: int | None = Field(default=None, ge=1)  # torch threads; None: torch's
+    batching: bool = True  # dynamic batching of concurrent predict requests (per model)
+    batch_max_size: int = Field(default=32, ge=1)  # images per batched forward pass
+    batch_max_delay_ms: float = Field(default=2.0, ge=0, le=1000)  # wait for more, when busy
+    batch_queue_size: int = Field(default=1024, ge=1)  # images waiting per model; then 503
 
     @property
     def resolved_database_url(self) -> str:

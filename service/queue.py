@@ -37,7 +37,7 @@ from service.tables import FINISHED_STATUSES, EpochMetric, Job, JobStatus
 
 JOBS = Job.__table__
 METRICS = EpochMetric.__table__
-RETRY_BACKOFF_SECONDS = 5  # a requeued job waits attempts x this long before its next claim
+RETRY_BACKOFF_SECONDS = 5.0  # default: a requeued job waits attempts x this long to run again
 RETRY_BACKOFF_MAX_SECONDS = 120
 FINISHED = tuple(s.value for s in FINISHED_STATUSES)
 
@@ -104,6 +104,12 @@ def _write(engine: Engine) -> Iterator[Connection]:
 # --- API side (sessions) -------------------------------------------------------------------
 
 
+def _begin_write(session: Session) -> None:
+    """Start the session's transaction as a writer (SQLite: BEGIN IMMEDIATE), so a read that
+    precedes the write cannot fail with SQLITE_BUSY under concurrent writers."""
+    session.connection(execution_options={"sqlite_immediate": True})
+
+
 def submit_job(
     session: Session,
     config: dict[str, Any],
@@ -113,6 +119,7 @@ def submit_job(
     idempotency_key: str | None = None,
 ) -> Job:
     """Insert a queued job; the same idempotency key returns the job it created first."""
+    _begin_write(session)
     if idempotency_key is not None:
         existing = session.scalars(
             select(Job).where(Job.idempotency_key == idempotency_key)
@@ -186,6 +193,7 @@ def list_trained_models(
 
 def cancel_job(session: Session, job_id: int) -> Job:
     """A queued job is cancelled at once; a running one is flagged and its worker stops it."""
+    _begin_write(session)
     job = get_job(session, job_id)
     if job.status in FINISHED:
         raise JobFinished(job)
@@ -363,16 +371,30 @@ def release_job(engine: Engine, job_id: int, token: str) -> bool:
         )
 
 
-def requeue_or_fail(engine: Engine, job_id: int, token: str, reason: str) -> bool:
-    """The job's process crashed: requeue it with backoff, or fail it after max_attempts."""
+def requeue_or_fail(
+    engine: Engine,
+    job_id: int,
+    token: str,
+    reason: str,
+    *,
+    backoff_seconds: float = RETRY_BACKOFF_SECONDS,
+) -> bool:
+    """The job's process crashed: requeue it with backoff, fail it after max_attempts, or
+    cancel it if the user asked to."""
     dialect = engine.dialect.name
     out_of_attempts = JOBS.c.attempts >= JOBS.c.max_attempts
+    final = or_(out_of_attempts, JOBS.c.cancel_requested)
     stmt = (
         update(JOBS)
         .where(_leased(job_id, token))
         .values(
-            status=case((out_of_attempts, JobStatus.FAILED.value), else_=JobStatus.QUEUED.value),
+            status=case(
+                (JOBS.c.cancel_requested, JobStatus.CANCELLED.value),
+                (out_of_attempts, JobStatus.FAILED.value),
+                else_=JobStatus.QUEUED.value,
+            ),
             error=case(
+                (JOBS.c.cancel_requested, literal(f"cancelled by request ({reason})")),
                 (
                     out_of_attempts,
                     literal(f"{reason}; gave up after ")
@@ -381,8 +403,11 @@ def requeue_or_fail(engine: Engine, job_id: int, token: str, reason: str) -> boo
                 ),
                 else_=literal(f"{reason} (will retry)"),
             ),
-            finished_at=case((out_of_attempts, db_now(dialect)), else_=None),
-            not_before=case((out_of_attempts, None), else_=db_now_plus(dialect, _backoff(dialect))),
+            finished_at=case((final, db_now(dialect)), else_=None),
+            not_before=case(
+                (final, None),
+                else_=db_now_plus(dialect, _backoff(dialect, backoff_seconds)),
+            ),
             lease_token=None,
             lease_owner=None,
             lease_expires_at=None,
@@ -392,18 +417,21 @@ def requeue_or_fail(engine: Engine, job_id: int, token: str, reason: str) -> boo
         return conn.execute(stmt).rowcount == 1
 
 
-def _backoff(dialect: str) -> ColumnElement[Any]:
+def _backoff(dialect: str, backoff_seconds: float) -> ColumnElement[Any]:
+    """attempts x backoff_seconds, capped: the wait before a failed job may run again."""
     least = func.min if dialect == "sqlite" else func.least
-    return least(JOBS.c.attempts * RETRY_BACKOFF_SECONDS, RETRY_BACKOFF_MAX_SECONDS)
+    return least(JOBS.c.attempts * float(backoff_seconds), RETRY_BACKOFF_MAX_SECONDS)
 
 
-def requeue_expired_leases(engine: Engine) -> int:
+def requeue_expired_leases(
+    engine: Engine, *, backoff_seconds: float = RETRY_BACKOFF_SECONDS
+) -> int:
     """Requeue running jobs whose lease lapsed (with backoff), or fail them after max_attempts."""
     dialect = engine.dialect.name
     now = db_now(dialect)
     expired = and_(JOBS.c.status == JobStatus.RUNNING.value, JOBS.c.lease_expires_at < now)
     out_of_attempts = JOBS.c.attempts >= JOBS.c.max_attempts
-    backoff = _backoff(dialect)
+    backoff = _backoff(dialect, backoff_seconds)
     final = or_(out_of_attempts, JOBS.c.cancel_requested)
     stmt = (
         update(JOBS)

@@ -17,6 +17,9 @@ from service.config import Settings
 from service.db import make_engine
 from service.worker.execute import Outcome, execute_job
 
+# Fault injection for the tests, never set in production: "job-process-crash".
+FAILPOINT_ENV = "TRAINSERVE_FAILPOINT"
+
 
 def job_process_main(
     settings_data: dict[str, Any], job_id: int, token: str, config: dict, device: str
@@ -28,6 +31,8 @@ def job_process_main(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when we stop
     parent = os.getppid()
+    if os.environ.get(FAILPOINT_ENV) == "job-process-crash":
+        os._exit(70)  # fault tests: a job whose process dies every time
     settings = Settings(**settings_data)
     engine = make_engine(settings.resolved_database_url)
     try:

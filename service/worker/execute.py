@@ -9,11 +9,14 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from service import queue
 from service.artifacts import ModelDescription, checkpoint_path, save_trained_model
@@ -24,6 +27,7 @@ from service.training.data import DatasetError
 from service.training.loop import EpochMetrics, TrainingCancelled, TrainingDiverged, train
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Outcome(enum.IntEnum):
@@ -59,15 +63,17 @@ def execute_job(
     ckpt = checkpoint_path(artifact_dir, job_id)
     lost = threading.Event()
 
+    retry = _DatabaseRetry(patience_seconds=settings.lease_seconds)
+
     def finish(status: JobStatus, **kwargs: object) -> Outcome:
-        if queue.finish_job(engine, job_id, token, status, **kwargs):  # type: ignore[arg-type]
+        if retry(queue.finish_job, engine, job_id, token, status, **kwargs):
             _remove(ckpt)
             return Outcome.FINISHED
         log.warning("job %s: lease lost before it could be marked %s", job_id, status.value)
         return Outcome.LEASE_LOST
 
     def on_epoch(metrics: EpochMetrics) -> None:
-        if not queue.record_epoch(engine, job_id, token, metrics.to_dict()):
+        if not retry(queue.record_epoch, engine, job_id, token, metrics.to_dict()):
             lost.set()
 
     def should_stop() -> bool:
@@ -107,6 +113,27 @@ def execute_job(
     )
     save_trained_model(artifact_dir, description, result.model)
     return finish(JobStatus.SUCCEEDED, final_metrics=result.metrics())
+
+
+class _DatabaseRetry:
+    """Retry a write while the database is unreachable (restarting, failing over), for as long
+    as the lease could still be ours; after that the write is moot and the error propagates."""
+
+    def __init__(self, patience_seconds: float) -> None:
+        self.patience_seconds = patience_seconds
+
+    def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        deadline = time.monotonic() + self.patience_seconds
+        delay = 0.2
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except OperationalError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("database unavailable (%s); retrying in %.1fs", exc.orig, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
 
 def _remove(path: Path) -> None:

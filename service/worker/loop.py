@@ -69,7 +69,9 @@ class Worker:
                 log.warning("worker %s: parent process is gone; exiting", self.name)
                 break
             try:
-                queue.requeue_expired_leases(self.engine)
+                queue.requeue_expired_leases(
+                    self.engine, backoff_seconds=self.settings.retry_backoff_seconds
+                )
                 claimed = queue.claim_next_job(self.engine, self.name, self.settings.lease_seconds)
             except Exception:  # database unreachable: wait and retry, never crash the loop
                 log.warning("worker %s: database error; retrying", self.name, exc_info=True)
@@ -151,7 +153,13 @@ class Worker:
         else:
             reason = _describe_exit(exitcode)
             log.error("job %s: %s", job_id, reason)
-            queue.requeue_or_fail(self.engine, job_id, token, f"the training process {reason}")
+            queue.requeue_or_fail(
+                self.engine,
+                job_id,
+                token,
+                f"the training process {reason}",
+                backoff_seconds=self.settings.retry_backoff_seconds,
+            )
 
 
 def _describe_exit(exitcode: int | None) -> str:
