@@ -1,8 +1,8 @@
-"""Engine and sessions. SQLite gets WAL mode and explicit BEGIN handling; PostgreSQL is used as is."""
+"""Engine and sessions. SQLite gets WAL mode and explicit BEGIN handling; PostgreSQL as is."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
@@ -12,16 +12,26 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Room for every thread of the API's threadpool (40) to hold a connection at once.
+POOL_SIZE = 10
+POOL_OVERFLOW = 40
 
 
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW
+        )
 
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    engine = create_engine(
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_OVERFLOW,
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -49,10 +59,22 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """FastAPI dependency: one session per request, from the app's session factory."""
-    with request.app.state.session_factory() as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """FastAPI dependency: one session per request, from the app's session factory.
+
+    Closed as soon as the endpoint returns (scope="function"), on the event loop (async): a
+    session closed later, or on a threadpool thread, can keep its pooled connection while every
+    thread waits for one, and then nothing moves until the pool times out.
+    """
+    session = request.app.state.session_factory()
+    try:
         yield session
+    finally:
+        session.close()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# One shared limit: no more sessions at once than the pool has connections.
+SessionDep = Annotated[
+    Session,
+    Depends(get_session, scope="function", max_concurrency=POOL_SIZE + POOL_OVERFLOW),
+]
