@@ -5,11 +5,17 @@ Layout under the artifact directory:  jobs/<job_id>/model.safetensors
                                       jobs/<job_id>/checkpoint.pt   (latest epoch, for resuming)
 Nothing here unpickles user input: weights are safetensors, the description is JSON, and
 checkpoints are written by our own workers only and read with ``weights_only=True``.
+
+Across machines: with TRAINSERVE_ARTIFACT_URL set to an fsspec URL (s3://…, gs://…, file://…),
+a worker also uploads each trained model there, and an API process whose local artifact
+directory lacks a model downloads it from there before loading it. The local directory stays
+the working copy (and holds the checkpoints), so nothing else changes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 import models
 
+log = logging.getLogger(__name__)
 WEIGHTS_FILE = "model.safetensors"
 DESCRIPTION_FILE = "model.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -83,17 +90,62 @@ def save_trained_model(
         Path(tmp).unlink(missing_ok=True)
         raise
     atomic_write_bytes(directory / DESCRIPTION_FILE, description.to_json().encode())
+    push_remote(artifact_dir, description.job_id)
     return directory
+
+
+def _remote_url() -> str | None:
+    return os.environ.get("TRAINSERVE_ARTIFACT_URL") or None
+
+
+def _remote_job_dir(url: str, job_id: int) -> tuple[object, str]:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    return fs, f"{root.rstrip('/')}/jobs/{int(job_id)}"
+
+
+def push_remote(artifact_dir: Path, job_id: int) -> None:
+    """Upload a job's model files to TRAINSERVE_ARTIFACT_URL (description last), if it is set."""
+    url = _remote_url()
+    if url is None:
+        return
+    fs, remote = _remote_job_dir(url, job_id)
+    local = job_dir(artifact_dir, job_id)
+    fs.makedirs(remote, exist_ok=True)  # type: ignore[attr-defined]
+    for name in (WEIGHTS_FILE, DESCRIPTION_FILE):
+        fs.pipe_file(f"{remote}/{name}", (local / name).read_bytes())  # type: ignore[attr-defined]
+
+
+def fetch_remote(artifact_dir: Path, job_id: int) -> bool:
+    """Download a job's model files from TRAINSERVE_ARTIFACT_URL unless they are here already."""
+    local = job_dir(artifact_dir, job_id)
+    if (local / DESCRIPTION_FILE).is_file() and (local / WEIGHTS_FILE).is_file():
+        return True
+    url = _remote_url()
+    if url is None:
+        return False
+    fs, remote = _remote_job_dir(url, job_id)
+    try:
+        files = {name: fs.cat_file(f"{remote}/{name}") for name in (WEIGHTS_FILE, DESCRIPTION_FILE)}  # type: ignore[attr-defined]
+    except FileNotFoundError:
+        return False
+    for name in (WEIGHTS_FILE, DESCRIPTION_FILE):  # the description last marks it complete
+        atomic_write_bytes(local / name, files[name])
+    log.info("fetched model %s from %s", job_id, url)
+    return True
 
 
 def read_description(artifact_dir: Path, job_id: int) -> ModelDescription:
     """Raises FileNotFoundError when the job has no complete model."""
+    fetch_remote(artifact_dir, job_id)
     raw = (job_dir(artifact_dir, job_id) / DESCRIPTION_FILE).read_text()
     return ModelDescription(**json.loads(raw))
 
 
 def load_trained_model(artifact_dir: Path, job_id: int) -> tuple[torch.nn.Module, ModelDescription]:
     """Rebuild the network from its files, in eval mode (dropout off), on the CPU."""
+    fetch_remote(artifact_dir, job_id)
     description = read_description(artifact_dir, job_id)
     model = models.build(description.model, **description.model_kwargs)
     state = load_file(str(job_dir(artifact_dir, job_id) / WEIGHTS_FILE), device="cpu")

@@ -1,0 +1,48 @@
+"""Artifact files: atomic writes, round trip, and the remote copy for workers on other machines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import models
+from service import artifacts
+from service.artifacts import ModelDescription, load_trained_model, save_trained_model
+
+
+def _description(job_id: int) -> ModelDescription:
+    return ModelDescription(
+        job_id=job_id, model="lenet", model_kwargs={"dropout": 0.5}, input_side=28,
+        class_names=[f"c{i}" for i in range(10)], config={"model": "lenet"}, metrics={},
+    )  # fmt: skip
+
+
+def test_round_trip_in_eval_mode(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = models.build("lenet", dropout=0.5)
+    save_trained_model(tmp_path, _description(1), model)
+    loaded, description = load_trained_model(tmp_path, 1)
+    assert description.model == "lenet" and not loaded.training
+    x = torch.rand(3, 1, 28, 28)
+    model.eval()
+    assert torch.equal(model(x), loaded(x))
+    assert not list(artifacts.job_dir(tmp_path, 1).glob("*.tmp"))
+
+
+def test_remote_copy_reaches_another_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRAINSERVE_ARTIFACT_URL", f"file://{tmp_path / 'remote'}")
+    worker_dir, api_dir = tmp_path / "worker", tmp_path / "api"
+    model = models.build("lenet", dropout=0.5).eval()
+    save_trained_model(worker_dir, _description(7), model)
+    assert (tmp_path / "remote" / "jobs" / "7" / artifacts.WEIGHTS_FILE).is_file()
+
+    loaded, _ = load_trained_model(api_dir, 7)  # not on this "machine" yet: fetched
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(model(x), loaded(x))
+    assert (artifacts.job_dir(api_dir, 7) / artifacts.DESCRIPTION_FILE).is_file()
+    with pytest.raises(FileNotFoundError):
+        load_trained_model(api_dir, 8)
