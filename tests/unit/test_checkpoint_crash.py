@@ -1,0 +1,45 @@
+"""A crash between a checkpoint's write and its rename leaves the previous checkpoint loadable."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import torch
+
+from service.training.config import TrainConfig
+from service.training.loop import train
+from tests.unit.checkpoint_crash_child import train_and_die_before_second_rename
+
+CONFIG = {
+    "model": "mlp", "dataset": "synthetic", "epochs": 3, "batch_size": 64, "lr": 0.1,
+    "dropout": 0.5, "optimizer": "momentum", "seed": 5,
+}  # fmt: skip
+
+
+def test_previous_checkpoint_survives_a_crash_before_rename(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "checkpoint.pt"
+    child = multiprocessing.get_context("spawn").Process(
+        target=train_and_die_before_second_rename, args=(CONFIG, str(checkpoint))
+    )
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == 42  # it died where we meant it to
+
+    leftovers = list(tmp_path.glob(".checkpoint.pt.*.tmp"))
+    assert leftovers, "the half-finished temp file should still be there"
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 1  # the last complete checkpoint, intact
+
+    reported: list[int] = []
+    result = train(
+        TrainConfig(**CONFIG),
+        checkpoint_path=checkpoint,
+        on_epoch=lambda m: reported.append(m.epoch),
+    )
+    assert reported == [2, 3]  # resumed after epoch 1; epoch 2 is redone, nothing skipped
+    uninterrupted = train(TrainConfig(**CONFIG))
+    assert [e.train_loss for e in result.epochs][-2:] == [
+        e.train_loss for e in uninterrupted.epochs
+    ][-2:]
+    assert result.test_acc == uninterrupted.test_acc
