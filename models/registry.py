@@ -7,8 +7,9 @@ from typing import Any
 from torch import nn
 
 from models.alexnet import AlexNet
-from models.init import init_xavier
+from models.init import initialise
 from models.lenet import LeNet
+from models.linear import LinearRegression
 from models.mlp import MLP
 from models.nin import NiN
 from models.softmax import SoftmaxRegression
@@ -28,6 +29,9 @@ class ModelSpec:
     has_dropout: bool  # whether the network contains any nn.Dropout layers
     min_side: int  # smallest input side the architecture accepts
     factory: Callable[..., nn.Module]
+    # classification: images -> class logits (listed by list_models, served by /models);
+    # regression: feature vectors -> one number (list_regression_models; never served)
+    task: str = "classification"
 
 
 class UnknownModelError(KeyError):
@@ -35,7 +39,8 @@ class UnknownModelError(KeyError):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.message = f"unknown model {name!r} (known: {', '.join(list_models())})"
+        known = list_models() + list_regression_models()
+        self.message = f"unknown model {name!r} (known: {', '.join(known)})"
         super().__init__(self.message)
 
     def __str__(self) -> str:
@@ -118,13 +123,30 @@ _SPECS: dict[str, ModelSpec] = {
             min_side=67,
             factory=NiN,
         ),
+        ModelSpec(
+            name="linear",
+            description="Linear regression y = Xw + b on feature vectors (course chapter 3)",
+            input_side=1,  # not an image model; no side applies
+            lr=0.03,
+            adam_lr=0.01,
+            dropout=0.0,
+            has_dropout=False,
+            min_side=1,
+            factory=LinearRegression,
+            task="regression",
+        ),
     )
 }
 
 
 def list_models() -> list[str]:
-    """Registered model names, sorted."""
-    return sorted(_SPECS)
+    """The image classifiers' names, sorted (the networks /models can serve)."""
+    return sorted(n for n, s in _SPECS.items() if s.task == "classification")
+
+
+def list_regression_models() -> list[str]:
+    """The regression models' names, sorted."""
+    return sorted(n for n, s in _SPECS.items() if s.task == "regression")
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -149,10 +171,15 @@ def build(
     in_channels: int = 1,
     dropout: float | None = None,
     input_side: int | None = None,
+    init: str = "xavier",
+    init_std: float = 0.01,
     **extra: Any,
 ) -> nn.Module:
-    """A freshly Xavier-initialised model `name`; None arguments take the spec's defaults."""
+    """A freshly initialised image classifier `name` (Xavier unless `init` says otherwise);
+    None arguments take the spec's defaults."""
     spec = get_spec(name)
+    if spec.task != "classification":
+        raise ValueError(f"{name} is a regression model; build it with build_regression")
     side = spec.input_side if input_side is None else input_side
     check_input_side(name, side)
     kwargs: dict[str, Any] = {
@@ -169,7 +196,19 @@ def build(
     elif p > 0.0:
         # Silently ignoring it would make a run look regularised when it is not.
         raise ValueError(f"{name} has no dropout layers; dropout must be 0, got {p}")
-    return init_xavier(spec.factory(**kwargs))
+    return initialise(spec.factory(**kwargs), init, init_std)
+
+
+def build_regression(
+    name: str, *, num_features: int, init: str = "xavier", init_std: float = 0.01
+) -> nn.Module:
+    """A freshly initialised regression model `name` for `num_features` inputs."""
+    spec = get_spec(name)
+    if spec.task != "regression":
+        raise ValueError(f"{name} is an image classifier; build it with build")
+    if num_features < 1:
+        raise ValueError(f"num_features must be at least 1, got {num_features}")
+    return initialise(spec.factory(num_features=num_features), init, init_std)
 
 
 def dropout_layers(model: nn.Module) -> list[nn.Dropout]:

@@ -18,6 +18,9 @@ class Settings(BaseSettings):
     state_dir: Path = DEFAULT_STATE_DIR
     database_url: str | None = None  # default: sqlite:///<state_dir>/trainserve.db (WAL mode)
     artifact_dir: Path | None = None  # default: <state_dir>/artifacts
+    # fsspec URL (s3://, gs://, file://) shared by API and workers on other machines; read by
+    # service.artifacts from the environment so that job processes see it too.
+    artifact_url: str | None = None
     data_dir: Path | None = None  # Fashion-MNIST IDX files; then /usr/share/datasets/fashion-mnist
 
     workers: int | None = Field(default=None, ge=0)  # default: one per GPU, else one on the CPU
@@ -44,6 +47,7 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(default=32, ge=1)  # images per batched forward pass
     batch_max_delay_ms: float = Field(default=2.0, ge=0, le=1000)  # wait for more, when busy
     batch_queue_size: int = Field(default=1024, ge=1)  # images waiting per model; then 503
+    max_dataset_bytes: int = Field(default=200 * 1024 * 1024, ge=1)  # POST /datasets body
 
     @property
     def resolved_database_url(self) -> str:

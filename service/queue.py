@@ -9,7 +9,7 @@ Time always comes from the database clock.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,7 +33,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from service.tables import FINISHED_STATUSES, EpochMetric, Job, JobStatus
+from service.tables import FINISHED_STATUSES, EpochMetric, Job, JobKind, JobStatus, Sweep
+from service.training.config import REGRESSION_MODELS
 
 JOBS = Job.__table__
 METRICS = EpochMetric.__table__
@@ -129,6 +130,7 @@ def submit_job(
     job = Job(
         status=JobStatus.QUEUED.value,
         model=config["model"],
+        kind=config.get("kind", JobKind.TRAIN.value),
         config=config,
         priority=priority,
         max_attempts=max_attempts,
@@ -188,7 +190,27 @@ def list_epoch_metrics(session: Session, job_id: int) -> Sequence[EpochMetric]:
 def list_trained_models(
     session: Session, *, limit: int = 50, offset: int = 0
 ) -> tuple[Sequence[Job], int]:
-    return list_jobs(session, status=JobStatus.SUCCEEDED.value, limit=limit, offset=offset)
+    """Succeeded jobs that saved a servable model (see has_trained_model), newest first."""
+    where = [
+        Job.status == JobStatus.SUCCEEDED.value,
+        Job.kind == JobKind.TRAIN.value,
+        Job.model.not_in(REGRESSION_MODELS),
+    ]
+    count = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+    jobs = session.scalars(
+        select(Job).where(*where).order_by(Job.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return jobs, count
+
+
+def has_trained_model(job: Job) -> bool:
+    """Only a succeeded `train` job of an image classifier saves a model for /models: lr_find
+    and kfold jobs keep none, and a linear regression's result is in its job's `result`."""
+    return (
+        job.status == JobStatus.SUCCEEDED.value
+        and job.kind == JobKind.TRAIN.value
+        and job.model not in REGRESSION_MODELS
+    )
 
 
 def cancel_job(session: Session, job_id: int) -> Job:
@@ -336,8 +358,15 @@ def finish_job(
     *,
     error: str | None = None,
     final_metrics: dict[str, float] | None = None,
+    publish: Callable[[], None] | None = None,
+    result: dict[str, Any] | None = None,
 ) -> bool:
-    """Move a running job to a final status; False if the lease is no longer ours."""
+    """Move a running job to a final status; False if the lease is no longer ours.
+
+    `publish` (writing the trained model's files) runs while the job's row is locked and only
+    if the lease is still ours: a worker that lost its lease can never overwrite the files of
+    the worker that took the job over (the reaper waits on the lock, and vice versa).
+    """
     dialect = engine.dialect.name
     values: dict[str, Any] = {
         "status": status.value,
@@ -350,7 +379,17 @@ def finish_job(
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"):
         if final_metrics and key in final_metrics:
             values[key] = final_metrics[key]
+    if result is not None:
+        values["result"] = result  # what the job found: lr curve, folds, |w|, diagnosis
     with _write(engine) as conn:
+        if publish is not None:
+            # SQLite's BEGIN IMMEDIATE already excludes other writers; PostgreSQL locks the row.
+            owned = conn.execute(
+                select(JOBS.c.id).where(_leased(job_id, token)).with_for_update()
+            ).first()
+            if owned is None:
+                return False
+            publish()
         return (
             conn.execute(update(JOBS).where(_leased(job_id, token)).values(**values)).rowcount == 1
         )
@@ -461,3 +500,78 @@ def requeue_expired_leases(
     )
     with _write(engine) as conn:
         return conn.execute(stmt).rowcount or 0
+
+
+# --- sweeps (API side) ---------------------------------------------------------------------
+# A sweep is a grid of job configurations; its jobs are ordinary jobs with sweep_id set.
+
+
+class SweepNotFound(LookupError):
+    pass
+
+
+def create_sweep(
+    session: Session,
+    *,
+    base: dict[str, Any],
+    grid: dict[str, list[Any]],
+    configs: Sequence[dict[str, Any]],
+    priority: int = 0,
+    max_attempts: int = 3,
+) -> tuple[Sweep, list[Job]]:
+    """Insert the sweep and one queued job per config, all in one transaction."""
+    _begin_write(session)
+    sweep = Sweep(base=base, grid=grid)
+    session.add(sweep)
+    session.flush()  # the sweep's id, for its jobs
+    jobs = [
+        Job(
+            status=JobStatus.QUEUED.value,
+            model=config["model"],
+            kind=config.get("kind", JobKind.TRAIN.value),
+            config=config,
+            priority=priority,
+            max_attempts=max_attempts,
+            attempts=0,
+            epochs_done=0,
+            cancel_requested=False,
+            sweep_id=sweep.id,
+        )
+        for config in configs
+    ]
+    session.add_all(jobs)
+    session.commit()
+    return sweep, jobs
+
+
+def get_sweep(session: Session, sweep_id: int) -> tuple[Sweep, Sequence[Job]]:
+    """The sweep and its jobs in creation order."""
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None:
+        raise SweepNotFound(f"sweep {sweep_id} does not exist")
+    jobs = session.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.id)).all()
+    return sweep, jobs
+
+
+def list_sweeps(
+    session: Session, *, limit: int = 50, offset: int = 0
+) -> tuple[Sequence[Sweep], int]:
+    """Newest first, with the total count."""
+    count = session.scalar(select(func.count()).select_from(Sweep)) or 0
+    sweeps = session.scalars(
+        select(Sweep).order_by(Sweep.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return sweeps, count
+
+
+def count_sweep_jobs(session: Session, sweep_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """sweep id -> {status: number of its jobs}."""
+    rows = session.execute(
+        select(Job.sweep_id, Job.status, func.count())
+        .where(Job.sweep_id.in_(sweep_ids))
+        .group_by(Job.sweep_id, Job.status)
+    ).all()
+    counts: dict[int, dict[str, int]] = {i: {} for i in sweep_ids}
+    for sweep_id, status, n in rows:
+        counts[sweep_id][status] = n
+    return counts

@@ -10,11 +10,33 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 import models
-from service.tables import EpochMetric, Job, JobStatus
-from service.training.config import MOMENTUM, TrainConfig
-from service.training.data import KNOWN_DATASETS
+from service.tables import EpochMetric, Job, JobStatus, StoredDataset, Sweep
+from service.training.config import (
+    DEFAULT_INIT_STD,
+    DEFAULT_K,
+    DEFAULT_LR_MAX,
+    DEFAULT_LR_MIN,
+    DEFAULT_LR_STEPS,
+    MOMENTUM,
+    TrainConfig,
+)
+from service.training.data import IMAGE_DATASETS, KNOWN_DATASETS, is_stored_id
 
 OptimizerName = Literal["sgd", "momentum", "adam"]
+JobKindName = Literal["train", "lr_find", "kfold"]
+DatasetKindName = Literal["image", "regression"]
+ALL_MODELS = models.list_models() + models.list_regression_models()
+LENET_SWITCHES = ("activation", "pooling")
+LR_FIND_FIELDS = ("lr_min", "lr_max", "steps")
+
+
+def builtin_dataset_kind(name: str) -> DatasetKindName | None:
+    """image | regression for a built-in dataset name; None for anything else."""
+    if name in IMAGE_DATASETS:
+        return "image"
+    if name in KNOWN_DATASETS:
+        return "regression"
+    return None
 
 
 def default_lr(model: str, optimizer: str) -> float:
@@ -33,16 +55,92 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str = Field(description="Network to train: one of " + ", ".join(models.list_models()))
+    model: str = Field(description="Model to train: one of " + ", ".join(ALL_MODELS))
     dataset: str = Field(
-        default="fashion-mnist", description="Dataset name: " + " | ".join(KNOWN_DATASETS)
+        default="fashion-mnist",
+        description="Dataset: " + " | ".join(KNOWN_DATASETS) + " | the id of an uploaded "
+        "dataset (POST /datasets). linear needs a regression dataset, the others image data",
+    )
+    kind: JobKindName = Field(
+        default="train",
+        description="train: one model | lr_find: the learning-rate range test (loss vs lr, "
+        "a suggested lr) | kfold: k-fold cross-validation (per-fold accuracy, mean ± std)",
     )
     weight_decay: float = Field(
         default=0.0,
         ge=0,
         le=1000,
         allow_inf_nan=False,
-        description="λ of the L2 penalty on weights (not biases)",
+        description="λ of the L2 penalty on weights (biases too with decay_bias)",
+    )
+    l1: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        allow_inf_nan=False,
+        description="Coefficient of the L1 penalty sum|w| added to the loss (weights; biases "
+        "too with decay_bias): it drives weights to exactly zero more than L2 does",
+    )
+    decay_bias: bool = Field(
+        default=False, description="Apply weight_decay and l1 to biases too (the course: no)"
+    )
+    loss: Literal["l2", "l1", "huber"] | None = Field(
+        default=None,
+        description="linear only (default l2): l2 = (1/2)(y - y')², l1 = |y - y'|, huber = "
+        "squared inside |y - y'| ≤ 1 and absolute beyond",
+    )
+    loss_reduction: Literal["mean", "sum"] = Field(
+        default="mean",
+        description="How a batch's losses are combined. sum makes every gradient batch_size "
+        "times the mean's, so the same step needs lr / batch_size; the curves always report "
+        "the mean loss per example",
+    )
+    last_batch: Literal["keep", "drop", "pad"] = Field(
+        default="keep",
+        description="A short last batch: keep it as is | drop it | pad it with examples drawn "
+        "from the rest of the data",
+    )
+    init: Literal["xavier", "normal", "default"] = Field(
+        default="xavier",
+        description="Weight initialisation: xavier (uniform) | normal: N(0, init_std²) weights "
+        "and zero biases | default: torch's",
+    )
+    init_std: float | None = Field(
+        default=None,
+        gt=0,
+        le=10,
+        allow_inf_nan=False,
+        description=f"init normal only: the weights' standard deviation (default "
+        f"{DEFAULT_INIT_STD}; the course's weight-decay chapter uses 1)",
+    )
+    activation: Literal["sigmoid", "relu"] | None = Field(
+        default=None, description="lenet only: the course's sigmoid (default) or relu"
+    )
+    pooling: Literal["avg", "max"] | None = Field(
+        default=None, description="lenet only: the course's avg (default) or max pooling"
+    )
+    k: int | None = Field(
+        default=None, ge=2, le=10, description=f"kfold only: number of folds (default {DEFAULT_K})"
+    )
+    lr_min: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        allow_inf_nan=False,
+        description=f"lr_find only: first lr (default {DEFAULT_LR_MIN:g})",
+    )
+    lr_max: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        allow_inf_nan=False,
+        description=f"lr_find only: last lr (default {DEFAULT_LR_MAX:g})",
+    )
+    steps: int | None = Field(
+        default=None,
+        ge=20,
+        le=2000,
+        description=f"lr_find only: steps from lr_min to lr_max (default {DEFAULT_LR_STEPS})",
     )
     dropout: float | None = Field(
         default=None,
@@ -82,29 +180,40 @@ class JobCreate(BaseModel):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if value not in models.list_models():
-            raise ValueError(f"unknown model {value!r}; choose one of {models.list_models()}")
+        if value not in ALL_MODELS:
+            raise ValueError(f"unknown model {value!r}; choose one of {ALL_MODELS}")
         return value
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        if value not in KNOWN_DATASETS:
-            raise ValueError(f"unknown dataset {value!r}; choose one of {list(KNOWN_DATASETS)}")
+        if value not in KNOWN_DATASETS and not is_stored_id(value):
+            raise ValueError(
+                f"unknown dataset {value!r}; choose one of {list(KNOWN_DATASETS)} "
+                "or the id of an uploaded dataset (ds_...)"
+            )
         return value
 
-    def resolve(self) -> tuple[TrainConfig, list[tuple[str, str]]]:
-        """The fully resolved TrainConfig, or the (field, reason) pairs that make it invalid."""
+    def resolve(
+        self, stored_kind: DatasetKindName | None = None
+    ) -> tuple[TrainConfig, list[tuple[str, str]]]:
+        """The fully resolved TrainConfig, or the (field, reason) pairs that make it invalid.
+
+        `stored_kind` is the kind of the uploaded dataset `dataset` names (None: no such
+        dataset); the caller looks it up, so this stays free of SQL.
+        """
         spec = models.get_spec(self.model)
-        problems: list[tuple[str, str]] = []
+        problems = self._combination_problems(spec, stored_kind)
         dropout = spec.dropout if self.dropout is None else self.dropout
         if dropout > 0 and not spec.has_dropout:
             problems.append(("dropout", f"model {self.model!r} has no dropout layers; use 0"))
-        if self.resize is not None:
+        if self.resize is not None and spec.task == "classification":
             try:
                 models.check_input_side(self.model, self.resize)
             except ValueError as exc:
                 problems.append(("resize", str(exc)))
+        regression = spec.task == "regression"
+        lenet = self.model == "lenet"
         config = TrainConfig(
             model=self.model,
             dataset=self.dataset,
@@ -119,8 +228,64 @@ class JobCreate(BaseModel):
             val_fraction=self.val_fraction,
             train_examples=self.train_examples,
             test_examples=self.test_examples,
+            kind=self.kind,
+            loss=(self.loss or "l2") if regression else None,
+            l1=self.l1,
+            decay_bias=self.decay_bias,
+            last_batch=self.last_batch,
+            loss_reduction=self.loss_reduction,
+            init=self.init,
+            init_std=(self.init_std or DEFAULT_INIT_STD) if self.init == "normal" else None,
+            activation=(self.activation or "sigmoid") if lenet else None,
+            pooling=(self.pooling or "avg") if lenet else None,
+            k=(self.k or DEFAULT_K) if self.kind == "kfold" else None,
+            lr_min=(self.lr_min or DEFAULT_LR_MIN) if self.kind == "lr_find" else None,
+            lr_max=(self.lr_max or DEFAULT_LR_MAX) if self.kind == "lr_find" else None,
+            steps=(self.steps or DEFAULT_LR_STEPS) if self.kind == "lr_find" else None,
         )
+        lr_range = (config.lr_min, config.lr_max)
+        if None not in lr_range and lr_range[0] >= lr_range[1]:  # type: ignore[operator]
+            problems.append(("lr_max", f"must be above lr_min ({config.lr_min:g})"))
         return config, problems
+
+    def _combination_problems(
+        self, spec: models.ModelSpec, stored_kind: DatasetKindName | None
+    ) -> list[tuple[str, str]]:
+        """Knobs that only mean something for some models, kinds or datasets."""
+        problems: list[tuple[str, str]] = []
+        given = self.model_fields_set
+        data_kind = builtin_dataset_kind(self.dataset)
+        if data_kind is None:
+            data_kind = stored_kind
+            if stored_kind is None:
+                problems.append(("dataset", f"no uploaded dataset has the id {self.dataset!r}"))
+        if spec.task == "regression":
+            if data_kind == "image":
+                problems.append(
+                    ("dataset", f"model {self.model!r} needs a regression dataset "
+                     "(linreg-synthetic, linreg-highdim or an uploaded CSV), not images")
+                )  # fmt: skip
+            if self.resize is not None:
+                problems.append(("resize", f"model {self.model!r} takes features, not images"))
+        else:
+            if data_kind == "regression":
+                problems.append(
+                    ("dataset", f"model {self.model!r} needs an image dataset; "
+                     "regression datasets need model 'linear'")
+                )  # fmt: skip
+            if self.loss is not None:
+                problems.append(("loss", "only for model 'linear' (classifiers use cross-entropy)"))
+        if self.model != "lenet":
+            for name in LENET_SWITCHES:
+                if getattr(self, name) is not None:
+                    problems.append((name, "only for model 'lenet'"))
+        if self.init_std is not None and self.init != "normal":
+            problems.append(("init_std", "only with init 'normal'"))
+        if self.k is not None and self.kind != "kfold":
+            problems.append(("k", "only for kind 'kfold'"))
+        if self.kind != "lr_find":
+            problems += [(n, "only for kind 'lr_find'") for n in LR_FIND_FIELDS if n in given]
+        return problems
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -134,11 +299,19 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
+def input_side_of(config: TrainConfig) -> int | None:
+    """The side images are resized to; None for a regression model (no images)."""
+    if config.is_regression:
+        return None
+    return config.resize or models.get_spec(config.model).input_side
+
+
 class JobPublic(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     id: int
     status: JobStatus
+    kind: JobKindName
     model: str
     dataset: str
     weight_decay: float
@@ -149,10 +322,24 @@ class JobPublic(BaseModel):
     optimizer: str
     seed: int
     resize: int | None
-    input_side: int
+    input_side: int | None  # None for linear (feature vectors, no images)
     val_fraction: float
     train_examples: int | None
     test_examples: int | None
+    loss: str | None
+    l1: float
+    decay_bias: bool
+    last_batch: str
+    loss_reduction: str
+    init: str
+    init_std: float | None
+    activation: str | None
+    pooling: str | None
+    k: int | None
+    lr_min: float | None
+    lr_max: float | None
+    steps: int | None
+    sweep_id: int | None
     priority: int
     attempts: int
     cancel_requested: bool
@@ -167,6 +354,17 @@ class JobPublic(BaseModel):
     val_acc: float | None
     test_loss: float | None
     test_acc: float | None
+    result: dict[str, Any] | None = Field(
+        description="What the job found, once succeeded. train: diagnosis (and for linear: "
+        "weight_norm ‖w‖₂, bias, weights, and on generated data weight_error_norm, "
+        "bias_error against the true w, b); lr_find: lrs, losses (smoothed), suggested_lr, "
+        "suggestion_rule, min_loss_lr, stopped_early; kfold: k, folds, val_acc_mean, "
+        "val_acc_std, val_loss_mean, val_loss_std, diagnosis"
+    )
+    diagnosis: dict[str, Any] | None = Field(
+        description="Verdict from the curves of a succeeded train or kfold job: underfitting, "
+        "overfitting or good fit, with the reason and the numbers (losses, gap, trend)"
+    )
 
     @field_serializer("created_at", "started_at", "finished_at")
     def _serialize_time(self, value: datetime | None) -> str | None:
@@ -176,11 +374,15 @@ class JobPublic(BaseModel):
     @classmethod
     def from_job(cls, job: Job) -> JobPublic:
         config = TrainConfig.from_dict(job.config)
+        result = job.result
         return cls(
             id=job.id,
             status=JobStatus(job.status),
             **{k: v for k, v in config.to_dict().items()},
-            input_side=config.resize or models.get_spec(config.model).input_side,
+            input_side=input_side_of(config),
+            sweep_id=job.sweep_id,
+            result=result,
+            diagnosis=result.get("diagnosis") if result else None,
             priority=job.priority,
             attempts=job.attempts,
             cancel_requested=job.cancel_requested,
@@ -291,6 +493,119 @@ class PredictResponse(BaseModel):
 
     model_id: int
     predictions: list[PredictionPublic]
+
+
+class DatasetPublic(BaseModel):
+    """An uploaded dataset; use its id as a job's `dataset`."""
+
+    id: str
+    name: str
+    kind: DatasetKindName
+    format: str  # what was uploaded: npz | idx | zip | csv
+    train_examples: int
+    test_examples: int
+    input_shape: list[int]  # [H, W] for images, [D] features for regression
+    num_classes: int | None
+    class_names: list[str] | None
+    bytes: int  # size of the stored (normalised) file
+    created_at: datetime
+
+    @field_serializer("created_at")
+    def _serialize_time(self, value: datetime) -> str | None:
+        value = _utc(value)  # type: ignore[assignment]
+        return value.isoformat() if value else None
+
+    @classmethod
+    def from_row(cls, row: StoredDataset) -> DatasetPublic:
+        return cls(
+            id=row.id,
+            name=row.name,
+            kind=row.kind,  # type: ignore[arg-type]
+            format=row.format,
+            train_examples=row.train_examples,
+            test_examples=row.test_examples,
+            input_shape=list(row.input_shape),
+            num_classes=row.num_classes,
+            class_names=row.class_names,
+            bytes=row.size_bytes,
+            created_at=row.created_at,
+        )
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    count: int
+
+
+MAX_SWEEP_POINTS = 256
+
+
+class SweepCreate(BaseModel):
+    """A grid search: one job per combination of the grid's values, on top of `base`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: dict[str, Any] = Field(
+        description="JobCreate fields every point shares (model required here or in the grid)"
+    )
+    grid: dict[str, list[Any]] = Field(
+        min_length=1,
+        description='JobCreate field -> the values to try, e.g. {"weight_decay": [0, 1e-4], '
+        f'"dropout": [0, 0.5]}}; at most {MAX_SWEEP_POINTS} points in all. Without a seed '
+        "in base or grid, every point gets the same drawn seed",
+    )
+
+
+class SweepPointPublic(BaseModel):
+    job_id: int
+    status: JobStatus
+    params: dict[str, Any]  # this point's grid values
+    val_acc: float | None
+    val_loss: float | None
+    test_acc: float | None
+
+
+class SweepPublic(BaseModel):
+    id: int
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    created_at: datetime
+    status_counts: dict[str, int]  # status -> number of the sweep's jobs
+    order: str  # how points are sorted
+    points: list[SweepPointPublic]
+
+    @field_serializer("created_at")
+    def _serialize_time(self, value: datetime) -> str | None:
+        value = _utc(value)  # type: ignore[assignment]
+        return value.isoformat() if value else None
+
+
+class SweepSummaryPublic(BaseModel):
+    id: int
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    created_at: datetime
+    status_counts: dict[str, int]
+
+    @field_serializer("created_at")
+    def _serialize_time(self, value: datetime) -> str | None:
+        value = _utc(value)  # type: ignore[assignment]
+        return value.isoformat() if value else None
+
+    @classmethod
+    def from_row(cls, sweep: Sweep, status_counts: dict[str, int]) -> SweepSummaryPublic:
+        return cls(
+            id=sweep.id,
+            base=sweep.base,
+            grid=sweep.grid,
+            created_at=sweep.created_at,
+            status_counts=status_counts,
+        )
+
+
+class SweepsPublic(BaseModel):
+    data: list[SweepSummaryPublic]
+    count: int
 
 
 class FieldError(BaseModel):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from service.api import catalog, health, jobs, trained_models
+from service.api import catalog, datasets, health, jobs, sweeps, trained_models, v2
 from service.config import Settings, get_settings
 from service.db import make_engine, make_session_factory
 from service.errors import install_error_handlers
-from service.inference import ModelCache
+from service.inference import ModelCache, Serving
 from service.schemas import ErrorResponse
 
 DESCRIPTION = """Train the classic networks of *Dive into Deep Learning* (softmax regression,
@@ -28,10 +28,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
-    app.state.model_cache = ModelCache(settings.resolved_artifact_dir, settings.model_cache_size)
+    app.state.model_cache = ModelCache(
+        settings.resolved_artifact_dir,
+        settings.model_cache_size,
+        max_bytes=settings.model_cache_bytes,
+        device=settings.inference_device,
+    )
+    app.state.serving = Serving(
+        app.state.model_cache,
+        batching=settings.batching,
+        max_batch_size=settings.batch_max_size,
+        max_delay_ms=settings.batch_max_delay_ms,
+        max_queue=settings.batch_queue_size,
+        threads=settings.inference_threads,
+    )
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(catalog.router)
     app.include_router(jobs.router)
+    app.include_router(sweeps.router)
+    app.include_router(datasets.router)
     app.include_router(trained_models.router)
+    app.include_router(v2.router)
     return app

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, status
 
-from service import queue
+from service import datasets_store, queue
 from service.api.params import JobId
 from service.db import SessionDep
 from service.errors import Conflict, InvalidRequest, NotFound
@@ -31,8 +31,8 @@ def submit_job(
     session: SessionDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobPublic:
-    """Queue a training job; a worker picks it up by priority, then age."""
-    config, problems = body.resolve()
+    """Queue a job (train, lr_find or kfold); a worker picks it up by priority, then age."""
+    config, problems = body.resolve(datasets_store.stored_kind(session, body.dataset))
     if problems:
         raise InvalidRequest.for_fields(problems)
     job = queue.submit_job(

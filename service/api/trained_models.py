@@ -3,27 +3,50 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+import secrets
+from typing import Annotated, Any, Literal
 
+import numpy as np
+import torch
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy.orm import Session
-from starlette.datastructures import UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import QueryParams, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import queue
 from service.api.params import ModelId
 from service.db import SessionDep
-from service.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
-from service.inference import InvalidInput, ModelNotAvailable, decode_image, parse_instances
+from service.errors import (
+    ApiError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from service.inference import (
+    MAX_MC_PASSES,
+    InvalidInput,
+    LoadedModel,
+    ModelNotAvailable,
+    QueueFull,
+    Serving,
+    decode_image,
+    decode_npy,
+    is_npy,
+    parse_instances,
+)
+from service.inference.export import export_model
 from service.schemas import (
     ErrorResponse,
     ModelPublic,
     ModelsPublic,
-    PredictionPublic,
     PredictResponse,
 )
-from service.tables import Job, JobStatus
+from service.tables import Job
+from service.training.config import REGRESSION_MODELS
 
 router = APIRouter(prefix="/models", tags=["models"])
 ERRORS = {
@@ -31,6 +54,31 @@ ERRORS = {
     409: {"model": ErrorResponse, "description": "The job has not succeeded (yet)"},
 }
 PREDICT_BODY = {
+    "parameters": [
+        {
+            "name": "mc_dropout",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+            "description": "Monte Carlo dropout: K passes with only the dropout layers "
+            "sampling; each prediction then has the mean `probabilities`, their `std` and "
+            "`mc_dropout`. 422 for a model without active dropout",
+        },
+        {
+            "name": "seed",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+            "description": "seed of the MC dropout masks (default: drawn, and returned)",
+        },
+        {
+            "name": "batching",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "boolean"},
+            "description": "false: a forward pass of its own (default TRAINSERVE_BATCHING)",
+        },
+    ],
     "requestBody": {
         "content": {
             "multipart/form-data": {
@@ -58,8 +106,15 @@ PREDICT_BODY = {
             },
         },
         "required": True,
-    }
+    },
 }
+
+
+class Overloaded(ApiError):
+    """The model's queue is full (503 with Retry-After): the client should retry later."""
+
+    status = 503
+    code = "overloaded"
 
 
 def _trained_job(session: Session, model_id: int) -> Job:
@@ -67,7 +122,12 @@ def _trained_job(session: Session, model_id: int) -> Job:
         job = queue.get_job(session, model_id)
     except queue.JobNotFound as exc:
         raise NotFound(f"model {model_id} does not exist (no job with that id)") from exc
-    if job.status != JobStatus.SUCCEEDED.value:
+    if job.kind != "train" or job.model in REGRESSION_MODELS:
+        what = "a linear regression" if job.model in REGRESSION_MODELS else f"a {job.kind} job"
+        raise NotFound(
+            f"job {model_id} is {what}: it keeps no model to serve (see its result instead)"
+        )
+    if not queue.has_trained_model(job):
         raise Conflict(f"job {model_id} has no trained model: its status is {job.status!r}")
     return job
 
@@ -94,7 +154,37 @@ def get_model(model_id: ModelId, request: Request, session: SessionDep) -> Model
     return ModelPublic.from_job(job, loaded=request.app.state.model_cache.is_loaded(job.id))
 
 
-async def _images_from_files(request: Request, max_instances: int) -> list[Any]:
+def _check_succeeded(session_factory: sessionmaker[Session], model_id: int) -> None:
+    with session_factory() as session:
+        _trained_job(session, model_id)
+
+
+async def ensure_succeeded(request: Request, model_id: int) -> None:
+    """NotFound: no such job; Conflict: it has not succeeded. A succeeded job never changes,
+    so the database is asked once per id."""
+    serving: Serving = request.app.state.serving
+    if model_id not in serving.succeeded:
+        await run_in_threadpool(_check_succeeded, request.app.state.session_factory, model_id)
+        serving.succeeded.add(model_id)
+
+
+async def servable_model(request: Request, model_id: int) -> LoadedModel:
+    """The loaded model of a succeeded job (loaded now if need be); Conflict: no usable files."""
+    await ensure_succeeded(request, model_id)
+    return await loaded_model(request.app.state.serving, model_id)
+
+
+async def loaded_model(serving: Serving, model_id: int) -> LoadedModel:
+    loaded = serving.cache.peek(model_id)
+    if loaded is not None:
+        return loaded
+    try:
+        return await run_in_threadpool(serving.cache.get, model_id)
+    except ModelNotAvailable as exc:
+        raise Conflict(f"model {model_id} cannot be loaded: {exc}") from exc
+
+
+async def _images_from_files(request: Request, max_instances: int) -> list[np.ndarray]:
     max_bytes = request.app.state.settings.max_upload_bytes
     try:
         form = await request.form(
@@ -116,10 +206,56 @@ async def _images_from_files(request: Request, max_instances: int) -> list[Any]:
             if others:
                 reason += f" (got fields {others})"
             raise InvalidRequest.for_fields([("files", reason)])
-        contents = [await u.read() for u in uploads]
+        contents = [(u.filename, await u.read()) for u in uploads]
     finally:
         await form.close()
-    return [decode_image(data, f"files[{i}]") for i, data in enumerate(contents)]
+    images: list[np.ndarray] = []
+    for i, (filename, data) in enumerate(contents):
+        field = f"files[{i}]"
+        if is_npy(data, filename):  # a .npy array: one image or a stack of them
+            images.extend(decode_npy(data, field, max_images=max_instances))
+        else:
+            images.append(decode_image(data, field))
+        if len(images) > max_instances:
+            reason = f"at most {max_instances} images per request, got more"
+            raise InvalidRequest.for_fields([("files", reason)])
+    return images
+
+
+def _query_int(query: QueryParams, name: str, low: int, high: int) -> int | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    value = int(raw) if raw.strip().lstrip("-").isdigit() else None
+    if value is None or not low <= value <= high:
+        reason = f"must be an integer from {low} to {high}, got {raw!r}"
+        raise InvalidRequest.for_fields([(name, reason)])
+    return value
+
+
+def _query_bool(query: QueryParams, name: str) -> bool | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if raw.lower() not in value:
+        raise InvalidRequest.for_fields([(name, f"must be true or false, got {raw!r}")])
+    return value[raw.lower()]
+
+
+def _body_int(payload: object, name: str, low: int, high: int) -> int | None:
+    """An optional integer field next to "instances" in the JSON body."""
+    if not isinstance(payload, dict) or payload.get(name) is None:
+        return None
+    value = payload[name]
+    if type(value) is not int or not low <= value <= high:
+        reason = f"must be an integer from {low} to {high}, got {json.dumps(value)}"
+        raise InvalidRequest.for_fields([(name, reason)])
+    return value
+
+
+NPY_TYPES = ("application/x-npy", "application/octet-stream")
+SEED_MAX = 2**31 - 1
 
 
 @router.post(
@@ -128,24 +264,28 @@ async def _images_from_files(request: Request, max_instances: int) -> list[Any]:
     responses={
         **ERRORS,
         413: {"model": ErrorResponse, "description": "Body too large"},
-        415: {"model": ErrorResponse, "description": "Neither multipart nor JSON"},
+        415: {"model": ErrorResponse, "description": "Not multipart, JSON or .npy"},
+        503: {"model": ErrorResponse, "description": "The model's queue is full; see Retry-After"},
     },
     openapi_extra=PREDICT_BODY,
 )
-async def predict(model_id: ModelId, request: Request, session: SessionDep) -> PredictResponse:
-    """Classify images with dropout off: multipart `files`, or JSON `{"instances": [...]}`."""
+async def predict(model_id: ModelId, request: Request) -> JSONResponse:
+    """Classify images with dropout off: multipart `files` (images or .npy), JSON
+    `{"instances": [...]}`, or an `application/x-npy` body."""
     settings = request.app.state.settings
-    job = await run_in_threadpool(_trained_job, session, model_id)
+    serving: Serving = request.app.state.serving
+    # Query parameters by hand: FastAPI's per-parameter machinery costs more than the forward.
+    query = request.query_params
+    mc_dropout = _query_int(query, "mc_dropout", 1, MAX_MC_PASSES)
+    seed = _query_int(query, "seed", 0, SEED_MAX)
+    batching = _query_bool(query, "batching")
+    await ensure_succeeded(request, model_id)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > settings.max_upload_bytes:
         raise PayloadTooLarge(
             f"the body is {declared} bytes; the limit is {settings.max_upload_bytes} bytes"
         )
-    cache = request.app.state.model_cache
-    try:
-        loaded = await run_in_threadpool(cache.get, job.id)
-    except ModelNotAvailable as exc:
-        raise Conflict(f"model {model_id} cannot be loaded: {exc}") from exc
+    loaded = await loaded_model(serving, model_id)
 
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     max_instances = settings.max_predict_instances
@@ -160,21 +300,58 @@ async def predict(model_id: ModelId, request: Request, session: SessionDep) -> P
                 raise InvalidRequest.for_fields([("body", f"not valid JSON ({exc})")]) from exc
             sides = tuple(sorted({28, loaded.input_side}))
             images = parse_instances(payload, max_instances=max_instances, sides=sides)
+            if mc_dropout is None:
+                mc_dropout = _body_int(payload, "mc_dropout", 1, MAX_MC_PASSES)
+            if seed is None:
+                seed = _body_int(payload, "seed", 0, SEED_MAX)
+        elif content_type in NPY_TYPES:
+            body = await _read_limited(request, settings.max_upload_bytes)
+            images = list(decode_npy(body, "body", max_images=max_instances))
         else:
             raise UnsupportedMediaType(
                 f"content type {content_type!r} is not accepted; send multipart/form-data "
-                "with 'files', or application/json with 'instances'"
+                "with 'files', application/json with 'instances', or application/x-npy"
             )
     except InvalidInput as exc:
         raise InvalidRequest.for_fields([(exc.field, exc.reason)]) from exc
-    predictions = await run_in_threadpool(loaded.predict, images)
-    return PredictResponse(
-        model_id=job.id,
-        predictions=[
-            PredictionPublic(label=p.label, class_name=p.class_name, probabilities=p.probabilities)
-            for p in predictions
-        ],
-    )
+
+    if mc_dropout is not None:
+        return await _predict_mc(loaded, images, mc_dropout, seed)
+    try:
+        # Preprocessing happens with the forward pass, once per batch, off the event loop.
+        probabilities = await serving.probabilities(loaded, images, batching=batching)
+    except QueueFull as exc:
+        raise Overloaded(str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
+    return JSONResponse({"model_id": model_id, "predictions": _predictions(loaded, probabilities)})
+
+
+def _predictions(loaded: LoadedModel, probabilities: torch.Tensor) -> list[dict[str, Any]]:
+    names = loaded.description.class_names
+    labels = probabilities.argmax(dim=1).tolist()
+    return [
+        {"label": k, "class_name": names[k], "probabilities": row}
+        for k, row in zip(labels, probabilities.tolist(), strict=True)
+    ]
+
+
+async def _predict_mc(
+    loaded: LoadedModel, images: list[np.ndarray], passes: int, seed: int | None
+) -> JSONResponse:
+    if not loaded.has_active_dropout:
+        reason = (
+            f"model {loaded.job_id} ({loaded.description.model}) has no active dropout "
+            "layer (none, or p = 0): there is nothing to sample"
+        )
+        raise InvalidRequest.for_fields([("mc_dropout", reason)])
+    if seed is None:
+        seed = secrets.randbelow(SEED_MAX + 1)
+    batch = await run_in_threadpool(loaded.prepare, images)
+    mean, std = await run_in_threadpool(loaded.mc_dropout, batch, passes, seed)
+    predictions = _predictions(loaded, mean)
+    for prediction, row in zip(predictions, std.tolist(), strict=True):
+        prediction["std"] = row
+        prediction["mc_dropout"] = passes
+    return JSONResponse({"model_id": loaded.job_id, "predictions": predictions, "seed": seed})
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -186,3 +363,44 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+EXPORT_FILES = {
+    "onnx": ("onnx", "application/octet-stream"),
+    "torchscript": ("torchscript.pt", "application/octet-stream"),
+    "safetensors": ("safetensors", "application/octet-stream"),
+}
+
+
+@router.get(
+    "/{model_id}/export",
+    responses={
+        **ERRORS,
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "The model file. ONNX and TorchScript take `input` float32 "
+            "(N, 1, side, side) pixel values 0-255 and give `probabilities` (N, 10), "
+            "dynamic batch; safetensors is the stored state_dict",
+        },
+    },
+    response_class=FileResponse,
+)
+async def export(
+    model_id: ModelId,
+    request: Request,
+    fmt: Annotated[
+        Literal["onnx", "torchscript", "safetensors"],
+        Query(alias="format", description="onnx, torchscript or safetensors"),
+    ],
+) -> FileResponse:
+    """Download the trained model as ONNX, TorchScript or safetensors (dropout off)."""
+    loaded = await servable_model(request, model_id)
+    artifact_dir = request.app.state.settings.resolved_artifact_dir
+    try:
+        path = await run_in_threadpool(export_model, artifact_dir, loaded, fmt)
+    except FileNotFoundError as exc:  # the weights went away under us
+        raise Conflict(f"model {model_id} has no files to export ({exc})") from exc
+    suffix, media_type = EXPORT_FILES[fmt]
+    return FileResponse(
+        path, media_type=media_type, filename=f"trainserve-model-{model_id}.{suffix}"
+    )

@@ -1,22 +1,35 @@
-"""Serve trained models: decode inputs, load models once, predict with dropout off.
+"""Serve trained models: decode inputs, load models once, batch requests, predict with dropout
+off (or MC dropout on request), export.
 
-Knows no SQL and no HTTP framework; the API router maps ``InvalidInput`` to 422 and
-``ModelNotAvailable`` to 404/409.
+Knows no SQL and no HTTP framework; the API routers map ``InvalidInput`` to 422 (v2: 400),
+``ModelNotAvailable`` to 404/409 and ``QueueFull`` to 503 with Retry-After.
 """
 
+from service.inference.arrays import decode_npy, is_npy, pixel_images, tensor_pixels
+from service.inference.batcher import Batcher, BatchStats, QueueFull
 from service.inference.cache import ModelCache
 from service.inference.errors import InvalidInput, ModelNotAvailable
 from service.inference.images import MAX_SIDE, decode_image
 from service.inference.instances import parse_instances
-from service.inference.predictor import LoadedModel, Prediction
+from service.inference.predictor import MAX_MC_PASSES, LoadedModel, Prediction
+from service.inference.serving import Serving
 
 __all__ = [
+    "MAX_MC_PASSES",
     "MAX_SIDE",
+    "Batcher",
+    "BatchStats",
     "InvalidInput",
     "LoadedModel",
     "ModelCache",
     "ModelNotAvailable",
     "Prediction",
+    "QueueFull",
+    "Serving",
     "decode_image",
+    "decode_npy",
+    "is_npy",
     "parse_instances",
+    "pixel_images",
+    "tensor_pixels",
 ]

@@ -13,18 +13,31 @@ from service.inference.predictor import LoadedModel
 
 
 class ModelCache:
-    """Loads each job's model at most once and keeps the ``max_models`` most recently used.
+    """Loads each job's model at most once and keeps the most recently used ones: at most
+    ``max_models`` of them, holding at most ``max_bytes`` of parameters and buffers together
+    (a single model larger than ``max_bytes`` is still served, alone).
 
     Concurrent ``get`` calls for a model being loaded wait for that one load (and share its
     result or its error) instead of loading it again. Loading happens outside the cache's
     lock, so a slow load never blocks hits on other models.
     """
 
-    def __init__(self, artifact_dir: Path, max_models: int = 8) -> None:
+    def __init__(
+        self,
+        artifact_dir: Path,
+        max_models: int = 8,
+        *,
+        max_bytes: int | None = None,
+        device: str = "cpu",
+    ) -> None:
         if max_models < 1:
             raise ValueError(f"max_models must be at least 1, got {max_models}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
         self.artifact_dir = Path(artifact_dir)
         self.max_models = int(max_models)
+        self.max_bytes = max_bytes
+        self.device = device
         self._lock = threading.Lock()
         self._models: OrderedDict[int, LoadedModel] = OrderedDict()
         self._loading: dict[int, Future[LoadedModel]] = {}
@@ -57,12 +70,17 @@ class ModelCache:
             self._loading.pop(job_id, None)
             self._models[job_id] = loaded
             self._models.move_to_end(job_id)
-            while len(self._models) > self.max_models:
+            while len(self._models) > self.max_models or (
+                len(self._models) > 1
+                and self.max_bytes is not None
+                and self._nbytes() > self.max_bytes
+            ):
                 self._models.popitem(last=False)
         pending.set_result(loaded)
         return loaded
 
     def _load(self, job_id: int) -> LoadedModel:
+        artifacts.fetch_remote(self.artifact_dir, job_id)  # trained on another machine?
         directory = artifacts.job_dir(self.artifact_dir, job_id)
         for name in (artifacts.DESCRIPTION_FILE, artifacts.WEIGHTS_FILE):
             if not (directory / name).is_file():
@@ -71,7 +89,23 @@ class ModelCache:
             model, description = artifacts.load_trained_model(self.artifact_dir, job_id)
         except (FileNotFoundError, NotADirectoryError) as exc:  # removed while loading
             raise ModelNotAvailable(job_id, f"no trained model ({exc})") from exc
-        return LoadedModel(model, description)
+        return LoadedModel(model, description, device=self.device)
+
+    def _nbytes(self) -> int:
+        return sum(m.nbytes for m in self._models.values())
+
+    def peek(self, job_id: int) -> LoadedModel | None:
+        """The job's model if it is loaded (and mark it used); never loads."""
+        with self._lock:
+            loaded = self._models.get(int(job_id))
+            if loaded is not None:
+                self._models.move_to_end(int(job_id))
+            return loaded
+
+    def nbytes(self) -> int:
+        """Bytes of parameters and buffers of the loaded models together."""
+        with self._lock:
+            return self._nbytes()
 
     def is_loaded(self, job_id: int) -> bool:
         with self._lock:

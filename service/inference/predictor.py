@@ -1,7 +1,8 @@
-"""A trained network ready to classify gray images, dropout off."""
+"""A trained network ready to classify gray images, dropout off (or, on request, MC dropout)."""
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import models
 from service.artifacts import ModelDescription
 
 DEFAULT_BATCH_SIZE = 64  # images per forward pass; bounds memory for the large-input networks
+MAX_MC_PASSES = 100
 
 
 @dataclass(frozen=True)
@@ -22,8 +24,20 @@ class Prediction:
     probabilities: list[float]  # softmax over all classes, len == number of classes
 
 
+def module_nbytes(module: torch.nn.Module) -> int:
+    """Bytes held by a module's parameters and buffers."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 class LoadedModel:
-    """A network in eval mode plus its description; ``predict`` may be called from threads."""
+    """A network in eval mode plus its description; ``predict`` may be called from threads.
+
+    The path of a request: ``prepare`` (pixels 0-255 -> the model's input, exactly as in
+    training) -> ``probabilities`` (forward with dropout off, softmax) -> ``to_predictions``.
+    ``predict`` does all three. ``mc_dropout`` runs a separate copy of the network whose
+    dropout layers alone are in training mode, so it never disturbs the eval-mode network.
+    """
 
     def __init__(
         self,
@@ -31,13 +45,18 @@ class LoadedModel:
         description: ModelDescription,
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        device: str | torch.device = "cpu",
     ) -> None:
         model.eval()  # dropout off, batch norm on its running statistics
         model.requires_grad_(False)
-        self.model = model
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
         self.description = description
         self.batch_size = max(1, int(batch_size))
+        self.nbytes = module_nbytes(model)
         self._lock = threading.Lock()
+        self._mc_lock = threading.Lock()
+        self._mc_model: torch.nn.Module | None = None
 
     @property
     def job_id(self) -> int:
@@ -51,46 +70,127 @@ class LoadedModel:
     def class_names(self) -> list[str]:
         return list(self.description.class_names)
 
-    def _to_input(self, image: np.ndarray) -> torch.Tensor:
-        if not isinstance(image, np.ndarray) or image.ndim != 2:
-            shape = getattr(image, "shape", None)
-            raise ValueError(f"expected a 2-D (H, W) pixel array, got shape {shape}")
-        if image.dtype not in (np.uint8, np.float32):
-            image = image.astype(np.float32)
-        tensor = torch.from_numpy(np.ascontiguousarray(image).copy())
-        return models.to_model_input(tensor[None], self.input_side)
+    @property
+    def num_classes(self) -> int:
+        return len(self.description.class_names)
 
-    def logits(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Raw network outputs (N, num_classes) for gray images of any size, values 0-255."""
+    @property
+    def has_active_dropout(self) -> bool:
+        """Whether any dropout layer has p > 0 (MC dropout has something to sample)."""
+        return any(_is_dropout(m) and m.p > 0 for m in self.model.modules())
+
+    # ---- input -------------------------------------------------------------------------
+
+    def prepare(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """(H, W) gray images, values 0-255, any size -> float32 (N, 1, side, side) in [0, 1]."""
         if not images:
-            return torch.empty((0, len(self.description.class_names)))
-        batch = torch.cat([self._to_input(img) for img in images])
-        outputs = []
+            return torch.empty((0, 1, self.input_side, self.input_side))
+        for image in images:
+            if not isinstance(image, np.ndarray) or image.ndim != 2:
+                shape = getattr(image, "shape", None)
+                raise ValueError(f"expected a 2-D (H, W) pixel array, got shape {shape}")
+        if len({img.shape for img in images}) == 1:  # the usual case: one conversion
+            return self.prepare_pixels(np.stack(images))
+        return torch.cat([self.prepare_pixels(img[None]) for img in images])
+
+    def prepare_pixels(self, pixels: np.ndarray) -> torch.Tensor:
+        """An (N, H, W) or (N, 1, H, W) array of values 0-255 -> the model's input tensor."""
+        if pixels.dtype not in (np.uint8, np.float32):
+            pixels = pixels.astype(np.float32)
+        tensor = torch.from_numpy(np.array(pixels, copy=True, order="C"))
+        return models.to_model_input(tensor, self.input_side)
+
+    # ---- forward -----------------------------------------------------------------------
+
+    def _forward(self, model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        outputs = [
+            model(batch[start : start + self.batch_size].to(self.device)).float()
+            for start in range(0, batch.shape[0], self.batch_size)
+        ]
+        return torch.cat(outputs).cpu()
+
+    def logits_of(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw outputs (N, num_classes) for a prepared batch, dropout off."""
+        if batch.shape[0] == 0:
+            return torch.empty((0, self.num_classes))
         with self._lock, torch.inference_mode():
             if self.model.training:  # someone flipped it: prediction is always dropout-off
                 self.model.eval()
-            for start in range(0, batch.shape[0], self.batch_size):
-                outputs.append(self.model(batch[start : start + self.batch_size]).float())
-        return torch.cat(outputs)
+            return self._forward(self.model, batch)
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities (N, num_classes), float64, for a prepared batch."""
+        logits = self.logits_of(batch)
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise RuntimeError(
+                f"model for job {self.job_id} outputs shape {tuple(logits.shape)}, "
+                f"but its description names {self.num_classes} classes"
+            )
+        return torch.softmax(logits.double(), dim=1)
+
+    def batch_probabilities(self, requests: Sequence[Sequence[np.ndarray]]) -> torch.Tensor:
+        """Probabilities for the images of several requests at once (the batcher's ``run``);
+        each request is a list of (H, W) images or an (N, H, W) array."""
+        return self.probabilities(self.prepare([image for r in requests for image in r]))
+
+    def logits(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Raw network outputs (N, num_classes) for gray images of any size, values 0-255."""
+        return self.logits_of(self.prepare(images))
+
+    def to_predictions(self, probabilities: torch.Tensor) -> list[Prediction]:
+        names = self.description.class_names
+        labels = probabilities.argmax(dim=1).tolist()
+        return [
+            Prediction(label=int(k), class_name=names[k], probabilities=row)
+            for k, row in zip(labels, probabilities.tolist(), strict=True)
+        ]
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Classify each (H, W) gray image; each is resized to the model's input side."""
         if not images:
             return []
-        logits = self.logits(images)
-        names = self.description.class_names
-        if logits.ndim != 2 or logits.shape[1] != len(names):
-            raise RuntimeError(
-                f"model for job {self.job_id} outputs shape {tuple(logits.shape)}, "
-                f"but its description names {len(names)} classes"
-            )
-        probs = torch.softmax(logits.double(), dim=1)
-        labels = probs.argmax(dim=1).tolist()
-        return [
-            Prediction(label=int(k), class_name=names[k], probabilities=row)
-            for k, row in zip(labels, probs.tolist(), strict=True)
-        ]
+        return self.to_predictions(self.probabilities(self.prepare(images)))
+
+    # ---- MC dropout --------------------------------------------------------------------
+
+    def mc_dropout(
+        self, batch: torch.Tensor, passes: int, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation (N, num_classes), float64, of ``passes`` softmax outputs
+        with only the dropout layers sampling; the same batch and seed give the same numbers."""
+        if not 1 <= passes <= MAX_MC_PASSES:
+            raise ValueError(f"passes must be 1-{MAX_MC_PASSES}, got {passes}")
+        devices = []
+        if self.device.type == "cuda":
+            devices = [self.device.index if self.device.index is not None else 0]
+        # fork_rng restores the global generators afterwards: other code sees no change.
+        with self._mc_lock, torch.inference_mode(), torch.random.fork_rng(devices=devices):
+            model = self._mc_network()
+            torch.manual_seed(seed)
+            runs = torch.stack(
+                [torch.softmax(self._forward(model, batch).double(), 1) for _ in range(passes)]
+            )  # (passes, N, C)
+        return runs.mean(0), runs.std(0, correction=0)
+
+    def network_copy(self, device: str | torch.device | None = None) -> torch.nn.Module:
+        """A deep copy of the eval-mode network (for MC dropout, export), on ``device``."""
+        with self._lock:
+            clone = copy.deepcopy(self.model)
+        return clone.to(device or self.device).eval()
+
+    def _mc_network(self) -> torch.nn.Module:
+        if self._mc_model is None:
+            clone = self.network_copy()
+            for module in clone.modules():
+                if _is_dropout(module):
+                    module.train()  # only dropout samples; batch norm stays on running stats
+            self._mc_model = clone
+        return self._mc_model
 
     def __repr__(self) -> str:
         d = self.description
         return f"LoadedModel(job_id={d.job_id}, model={d.model!r}, input_side={d.input_side})"
+
+
+def _is_dropout(module: torch.nn.Module) -> bool:
+    return isinstance(module, torch.nn.modules.dropout._DropoutNd)

@@ -9,14 +9,31 @@ Optimizer = Literal["sgd", "momentum", "adam"]
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
 MOMENTUM = 0.9  # beta of the `momentum` optimizer
 
+JOB_KINDS: tuple[str, ...] = ("train", "lr_find", "kfold")
+REGRESSION_MODELS: tuple[str, ...] = ("linear",)  # models whose jobs fit numbers, not classes
+REGRESSION_LOSSES: tuple[str, ...] = ("l2", "l1", "huber")
+LAST_BATCH_POLICIES: tuple[str, ...] = ("keep", "drop", "pad")
+LOSS_REDUCTIONS: tuple[str, ...] = ("mean", "sum")
+INITS: tuple[str, ...] = ("xavier", "normal", "default")
+
+DEFAULT_INIT_STD = 0.01  # `init: normal` draws N(0, 0.01^2), the course's scratch implementations
+DEFAULT_K = 5
+DEFAULT_LR_MIN = 1e-6
+DEFAULT_LR_MAX = 10.0
+DEFAULT_LR_STEPS = 200
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a job needs; stored on the job row so a job can be re-run from it alone."""
+    """Everything a job needs; stored on the job row so a job can be re-run from it alone.
+
+    Fields added after the first release have defaults that reproduce the old behaviour, so
+    rows stored before them still load (``from_dict``) and still train the same way.
+    """
 
     model: str
     dataset: str = "fashion-mnist"
-    weight_decay: float = 0.0  # lambda of the L2 penalty, applied to weights, never biases
+    weight_decay: float = 0.0  # lambda of the L2 penalty on weights (biases: see decay_bias)
     dropout: float = 0.0  # drop probability of every dropout layer in training
     batch_size: int = 256  # examples per SGD step
     epochs: int = 10
@@ -27,6 +44,25 @@ class TrainConfig:
     val_fraction: float = 0.1  # share of the training set held out for per-epoch curves
     train_examples: int | None = None  # use only this many training examples (None = all)
     test_examples: int | None = None  # evaluate on only this many test examples (None = all)
+    # --- the course's other experiments ---------------------------------------------------
+    kind: str = "train"  # train | lr_find | kfold
+    loss: str | None = None  # linear only: l2 (1/2 squared error) | l1 | huber; None: classes
+    l1: float = 0.0  # coefficient of the L1 penalty sum|w| on the decayed parameters
+    decay_bias: bool = False  # apply weight_decay and l1 to biases too
+    last_batch: str = "keep"  # keep | drop | pad: what to do with a short last batch
+    loss_reduction: str = "mean"  # mean | sum over the batch (sum: gradient x batch size)
+    init: str = "xavier"  # xavier | normal (N(0, init_std^2)) | default (torch's)
+    init_std: float | None = None  # init normal only; None = DEFAULT_INIT_STD
+    activation: str | None = None  # lenet only: sigmoid | relu; None = the model's own
+    pooling: str | None = None  # lenet only: avg | max; None = the model's own
+    k: int | None = None  # kfold only: number of folds
+    lr_min: float | None = None  # lr_find only: first learning rate of the range
+    lr_max: float | None = None  # lr_find only: last learning rate of the range
+    steps: int | None = None  # lr_find only: number of steps from lr_min to lr_max
+
+    @property
+    def is_regression(self) -> bool:
+        return self.model in REGRESSION_MODELS
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

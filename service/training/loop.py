@@ -1,9 +1,10 @@
-"""One training loop for every model.
+"""The training loop of the image classifiers (regression has its own, in ``regression``).
 
 It knows no HTTP and no SQL: progress goes out through ``on_epoch``, cancellation comes in through
 ``should_stop``. The whole uint8 dataset lives on the device; each batch is gathered with a
 shuffled index and turned into model input by ``models.to_model_input`` (the preprocessing that
 prediction uses too). Metrics are accumulated as device tensors and read once per epoch.
+``train`` loads the data and splits it; ``fit`` trains on given splits (K-fold calls it per fold).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,37 +25,34 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
-from service.training.config import TrainConfig
-from service.training.data import load_dataset, make_splits
+from service.training.config import DEFAULT_INIT_STD, TrainConfig
+from service.training.data import Splits, load_dataset, make_splits
 from service.training.optim import make_optimizer
+from service.training.steps import (
+    EpochMetrics,
+    Objective,
+    StepOutput,
+    TrainingCancelled,
+    TrainingDiverged,
+    add_penalties,
+    diverged,
+    run_epoch,
+    shuffling_generator,
+)
+
+__all__ = [
+    "EpochMetrics",
+    "TrainResult",
+    "TrainingCancelled",
+    "TrainingDiverged",
+    "fit",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
 EVAL_BATCH_MIN = 512
-_SHUFFLE_SEED_OFFSET = 0x5EED  # the shuffling stream differs from the split's stream
-
-
-class TrainingCancelled(Exception):
-    """should_stop() returned true; the job stopped between two batches."""
-
-
-class TrainingDiverged(Exception):
-    """The loss became NaN or infinite; the model is useless and must not be saved."""
-
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    epoch: int  # from 1
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    examples_per_sec: float  # training examples / training seconds
-    seconds: float  # the whole epoch, validation included
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 @dataclass
@@ -91,18 +89,31 @@ def _ignore(_: EpochMetrics) -> None:
     return None
 
 
+def model_kwargs_for(config: TrainConfig, num_classes: int, side: int) -> dict[str, Any]:
+    """The architecture arguments that rebuild the network (stored with the trained model).
+    LeNet's switches are only included when the job sets them."""
+    kwargs: dict[str, Any] = {
+        "num_classes": num_classes,
+        "in_channels": 1,
+        "dropout": config.dropout,
+        "input_side": side,
+    }
+    if config.activation is not None:
+        kwargs["activation"] = config.activation
+    if config.pooling is not None:
+        kwargs["pooling"] = config.pooling
+    return kwargs
+
+
+def input_side(config: TrainConfig) -> int:
+    """The side images are resized to; raises ValueError when the model cannot take it."""
+    side = int(config.resize or models.get_spec(config.model).input_side)
+    models.check_input_side(config.model, side)
+    return side
+
+
 def _has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d | nn.Conv1d | nn.Conv3d) for m in model.modules())
-
-
-def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """[start, end) of each batch; the last partial batch is kept, but a lone trailing example
-    is folded into the previous batch (BatchNorm cannot train on a batch of one)."""
-    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
-        bounds[-2] = (bounds[-2][0], n)
-        bounds.pop()
-    return bounds
 
 
 class _Runner:
@@ -142,7 +153,8 @@ def evaluate(
     loss_sum = torch.zeros((), device=runner.device, dtype=torch.float32)
     correct = torch.zeros((), device=runner.device, dtype=torch.int64)
     with torch.inference_mode():
-        for start, end in _batch_bounds(n, max(batch_size, EVAL_BATCH_MIN)):
+        for start in range(0, n, max(batch_size, EVAL_BATCH_MIN)):
+            end = min(start + max(batch_size, EVAL_BATCH_MIN), n)
             if should_stop():
                 raise TrainingCancelled("training cancelled")
             y = labels[start:end]
@@ -152,19 +164,6 @@ def evaluate(
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(dim=1) == y).sum()
     return loss_sum.item() / n, correct.item() / n
-
-
-def _diverged(config: TrainConfig, epoch: int, what: str, value: float) -> TrainingDiverged:
-    hints = [f"a lower learning rate (now {config.lr:g})"]
-    if config.optimizer != "sgd":
-        hints.append("plain `sgd`")
-    hints.append("another seed (a different initialisation)")
-    if config.weight_decay > 0:
-        hints.append(f"smaller or no weight decay (now {config.weight_decay:g})")
-    return TrainingDiverged(
-        f"training diverged at epoch {epoch}: the {what} became {value}. "
-        f"Try {', '.join(hints[:-1])} or {hints[-1]}."
-    )
 
 
 # -------------------------------------------------------------------------------- checkpoints
@@ -239,11 +238,70 @@ def _checkpoint_state(
 # ------------------------------------------------------------------------------------- train
 
 
+@dataclass
+class Classifier:
+    """A fresh network, its optimizer, its shuffling stream and the objective of one batch."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    objective: Objective
+    runner: _Runner
+    model_kwargs: dict[str, Any]
+    n_train: int
+
+
+def prepare_classifier(
+    config: TrainConfig,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    num_classes: int,
+    device: torch.device,
+) -> Classifier:
+    """Seeded model + optimizer for ``config`` on training data already on ``device``."""
+    side = input_side(config)
+    model_kwargs = model_kwargs_for(config, num_classes, side)
+    torch.manual_seed(config.seed)
+    model = models.build(
+        config.model,
+        **model_kwargs,
+        init=config.init,
+        init_std=config.init_std or DEFAULT_INIT_STD,
+    )
+    model.to(device)
+    if _has_conv(model) and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    runner = _Runner(model, device, side)
+
+    def objective(idx: torch.Tensor) -> StepOutput:
+        x, y = runner.inputs(train_x[idx]), train_y[idx]
+        with runner.autocast():
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, reduction=config.loss_reduction)
+        with torch.no_grad():
+            batch_sum = loss.detach().float()
+            if config.loss_reduction == "mean":
+                batch_sum = batch_sum * len(idx)
+            correct = (logits.detach().argmax(dim=1) == y).sum()
+        return StepOutput(add_penalties(loss, model, config), batch_sum, correct)
+
+    return Classifier(
+        model=model,
+        optimizer=make_optimizer(model, config),
+        generator=shuffling_generator(config),
+        objective=objective,
+        runner=runner,
+        model_kwargs=model_kwargs,
+        n_train=len(train_y),
+    )
+
+
 def train(
     config: TrainConfig,
     *,
     device: str | torch.device = "cpu",
     data_dir: Path | None = None,
+    datasets_dir: Path | None = None,
     on_epoch: Callable[[EpochMetrics], None] = _ignore,
     should_stop: Callable[[], bool] = _never_stop,
     checkpoint_path: Path | None = None,
@@ -252,16 +310,9 @@ def train(
 
     Raises TrainingCancelled, TrainingDiverged, data.DatasetError, ValueError (bad config).
     """
-    if config.epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {config.epochs}")
-    if config.batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {config.batch_size}")
-    device = torch.device(device)
-    spec = models.get_spec(config.model)
-    side = int(config.resize or spec.input_side)
-    models.check_input_side(config.model, side)
-
-    dataset = load_dataset(config.dataset, data_dir)
+    _check(config)
+    input_side(config)  # a bad resize fails before any data is read
+    dataset = load_dataset(config.dataset, data_dir, datasets_dir)
     splits = make_splits(
         dataset,
         seed=config.seed,
@@ -269,30 +320,47 @@ def train(
         train_examples=config.train_examples,
         test_examples=config.test_examples,
     )
+    return fit(
+        config,
+        splits,
+        dataset.class_names,
+        device=device,
+        on_epoch=on_epoch,
+        should_stop=should_stop,
+        checkpoint_path=checkpoint_path,
+    )
+
+
+def _check(config: TrainConfig) -> None:
+    if config.epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {config.epochs}")
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {config.batch_size}")
+
+
+def fit(
+    config: TrainConfig,
+    splits: Splits,
+    class_names: list[str],
+    *,
+    device: str | torch.device = "cpu",
+    on_epoch: Callable[[EpochMetrics], None] = _ignore,
+    should_stop: Callable[[], bool] = _never_stop,
+    checkpoint_path: Path | None = None,
+) -> TrainResult:
+    """Train a fresh network on ``splits`` for ``config.epochs``; the test split (which may be
+    empty) is evaluated once at the end."""
+    _check(config)
+    device = torch.device(device)
     train_x = splits.train_images.to(device)
     train_y = splits.train_labels.to(device)
     val_x, val_y = splits.val_images.to(device), splits.val_labels.to(device)
-    n_train = len(train_y)
 
-    model_kwargs = {
-        "num_classes": len(dataset.class_names),
-        "in_channels": 1,
-        "dropout": config.dropout,
-        "input_side": side,
-    }
+    def fresh() -> Classifier:
+        return prepare_classifier(config, train_x, train_y, len(class_names), device)
 
-    def fresh() -> tuple[nn.Module, torch.optim.Optimizer, torch.Generator]:
-        torch.manual_seed(config.seed)
-        net = models.build(config.model, **model_kwargs)
-        net.to(device)
-        if _has_conv(net) and device.type == "cuda":
-            net.to(memory_format=torch.channels_last)
-        gen = torch.Generator().manual_seed(config.seed + _SHUFFLE_SEED_OFFSET)
-        return net, make_optimizer(net, config), gen
-
-    model, optimizer, generator = fresh()
-    runner = _Runner(model, device, side)
-    if runner.cuda:
+    run = fresh()
+    if run.runner.cuda:
         torch.backends.cudnn.benchmark = True
 
     history: list[EpochMetrics] = []
@@ -302,74 +370,71 @@ def train(
         state = _load_checkpoint(checkpoint_path, config)
         if state is not None:
             try:
-                model.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
+                run.model.load_state_dict(state["model"])
+                run.optimizer.load_state_dict(state["optimizer"])
                 torch.set_rng_state(state["rng_state"])
-                if runner.cuda and state.get("cuda_rng_state") is not None:
+                if run.runner.cuda and state.get("cuda_rng_state") is not None:
                     torch.cuda.set_rng_state(state["cuda_rng_state"], device)
-                generator.set_state(state["generator_state"])
+                run.generator.set_state(state["generator_state"])
                 history = [EpochMetrics(**m) for m in state["metrics"]]
                 start_epoch = int(state["epoch"]) + 1
                 log.info("resuming %s from epoch %d", config.model, start_epoch)
             except Exception as exc:
                 log.warning("checkpoint %s does not fit (%s); starting over", checkpoint_path, exc)
-                model, optimizer, generator = fresh()
+                run = fresh()
                 history, start_epoch = [], 1
 
-    bounds = _batch_bounds(n_train, config.batch_size)
+    model, runner = run.model, run.runner
     eval_batch = max(config.batch_size, EVAL_BATCH_MIN)
     for epoch in range(start_epoch, config.epochs + 1):
         if should_stop():
             raise TrainingCancelled(f"training cancelled before epoch {epoch}")
         epoch_start = time.perf_counter()
-        model.train()
-        perm = torch.randperm(n_train, generator=generator).to(device, non_blocking=True)
-        loss_sum = torch.zeros((), device=device, dtype=torch.float32)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        for start, end in bounds:
-            if should_stop():
-                raise TrainingCancelled(f"training cancelled during epoch {epoch}")
-            idx = perm[start:end]
-            x, y = runner.inputs(train_x[idx]), train_y[idx]
-            with runner.autocast():
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                loss_sum += loss.detach().float() * (end - start)
-                correct += (logits.detach().argmax(dim=1) == y).sum()
-        train_loss = loss_sum.item() / n_train  # the epoch's one host sync
-        train_acc = correct.item() / n_train
+        sums = run_epoch(
+            run.objective,
+            model,
+            run.optimizer,
+            n_train=run.n_train,
+            config=config,
+            generator=run.generator,
+            device=device,
+            epoch=epoch,
+            should_stop=should_stop,
+        )
+        train_loss = sums.loss_sum.item() / sums.examples  # the epoch's one host sync
+        train_acc = sums.correct.item() / sums.examples
         train_seconds = time.perf_counter() - epoch_start
         if not math.isfinite(train_loss):
-            raise _diverged(config, epoch, "training loss", train_loss)
+            raise diverged(config, epoch, "training loss", train_loss)
         val_loss, val_acc = evaluate(model, runner, val_x, val_y, eval_batch, should_stop)
         if not math.isfinite(val_loss):
-            raise _diverged(config, epoch, "validation loss", val_loss)
+            raise diverged(config, epoch, "validation loss", val_loss)
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=train_loss,
             train_acc=train_acc,
             val_loss=val_loss,
             val_acc=val_acc,
-            examples_per_sec=n_train / max(train_seconds, 1e-9),
+            examples_per_sec=sums.examples / max(train_seconds, 1e-9),
             seconds=time.perf_counter() - epoch_start,
         )
         history.append(metrics)
         if checkpoint_path is not None:
             save_checkpoint(
                 checkpoint_path,
-                _checkpoint_state(config, epoch, model, optimizer, generator, history, runner),
+                _checkpoint_state(
+                    config, epoch, model, run.optimizer, run.generator, history, runner
+                ),
             )
         on_epoch(metrics)
 
-    del train_x, train_y, val_x, val_y
-    test_x, test_y = splits.test_images.to(device), splits.test_labels.to(device)
-    test_loss, test_acc = evaluate(model, runner, test_x, test_y, eval_batch, should_stop)
-    if not math.isfinite(test_loss):
-        raise _diverged(config, config.epochs, "test loss", test_loss)
+    del val_x, val_y
+    test_loss, test_acc = math.nan, math.nan
+    if len(splits.test_labels):
+        test_x, test_y = splits.test_images.to(device), splits.test_labels.to(device)
+        test_loss, test_acc = evaluate(model, runner, test_x, test_y, eval_batch, should_stop)
+        if not math.isfinite(test_loss):
+            raise diverged(config, config.epochs, "test loss", test_loss)
 
     model.to("cpu")
     if runner.channels_last:
@@ -378,9 +443,9 @@ def train(
     last = history[-1]
     return TrainResult(
         model=model,
-        model_kwargs=model_kwargs,
-        input_side=side,
-        class_names=list(dataset.class_names),
+        model_kwargs=run.model_kwargs,
+        input_side=runner.side,
+        class_names=list(class_names),
         epochs=history,
         train_loss=last.train_loss,
         train_acc=last.train_acc,

@@ -1,13 +1,17 @@
 """Run one claimed job to its end inside the job's own process, and write its outcome.
 
 Every write is conditional on the lease token; a refused write means another worker owns the
-job now, and this process stops without writing anything else.
+job now, and this process stops without writing anything else. The job's kind picks the work:
+``train`` (a classifier, saved for /models, or a linear regression, reported in ``result``),
+``lr_find`` (the lr range test) or ``kfold`` (cross-validation); only classifiers' train jobs
+save a model. Every succeeded train and kfold job gets a diagnosis of its curves in ``result``.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import math
 import threading
 import time
 import traceback
@@ -15,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
@@ -24,7 +29,11 @@ from service.config import Settings
 from service.tables import JobStatus
 from service.training.config import TrainConfig
 from service.training.data import DatasetError
+from service.training.diagnosis import diagnose_epochs
+from service.training.kfold import cross_validate
 from service.training.loop import EpochMetrics, TrainingCancelled, TrainingDiverged, train
+from service.training.lr_find import find_lr
+from service.training.regression import train_regression
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,22 +82,44 @@ def execute_job(
         return Outcome.LEASE_LOST
 
     def on_epoch(metrics: EpochMetrics) -> None:
-        if not retry(queue.record_epoch, engine, job_id, token, metrics.to_dict()):
+        row = _finite_values(metrics.to_dict())
+        if not retry(queue.record_epoch, engine, job_id, token, row):
             lost.set()
 
     def should_stop() -> bool:
         return stop.is_set() or lost.is_set() or should_stop_extra()
 
+    datasets_dir = artifact_dir / "datasets"
+    common: dict[str, Any] = {
+        "device": device,
+        "datasets_dir": datasets_dir,
+        "should_stop": should_stop,
+    }
+    final: dict[str, float] | None = None
+    result: dict[str, Any]
     try:
         config = TrainConfig.from_dict(config_data)
-        result = train(
-            config,
-            device=device,
-            data_dir=settings.data_dir,
-            on_epoch=on_epoch,
-            should_stop=should_stop,
-            checkpoint_path=ckpt,
-        )
+        if config.kind == "lr_find":
+            curve = find_lr(config, data_dir=settings.data_dir, **common)
+            result = curve.to_dict()
+        elif config.kind == "kfold":
+            folds = cross_validate(config, data_dir=settings.data_dir, **common)
+            final, result = folds.metrics(), folds.to_dict()
+        elif config.is_regression:
+            fitted = train_regression(config, on_epoch=on_epoch, **common)
+            final = fitted.metrics()
+            result = {**fitted.report, "diagnosis": diagnose_epochs(fitted.epochs)}
+        else:
+            trained = train(
+                config,
+                data_dir=settings.data_dir,
+                on_epoch=on_epoch,
+                checkpoint_path=ckpt,
+                **common,
+            )
+            final = trained.metrics()
+            diagnosis = diagnose_epochs(trained.epochs, len(trained.class_names))
+            result = {"diagnosis": diagnosis}
     except TrainingCancelled:
         return Outcome.LEASE_LOST if lost.is_set() else Outcome.STOPPED
     except (TrainingDiverged, DatasetError, ValueError) as exc:
@@ -102,17 +133,34 @@ def execute_job(
         return finish(JobStatus.FAILED, error=message)
     if lost.is_set():
         return Outcome.LEASE_LOST
-    description = ModelDescription(
-        job_id=job_id,
-        model=config.model,
-        model_kwargs=result.model_kwargs,
-        input_side=result.input_side,
-        class_names=list(result.class_names),
-        config=config.to_dict(),
-        metrics=result.metrics(),
+    publish: Callable[[], None] | None = None  # runs under the job's row lock, lease held
+    if config.kind == "train" and not config.is_regression:
+        description = ModelDescription(
+            job_id=job_id,
+            model=config.model,
+            model_kwargs=trained.model_kwargs,
+            input_side=trained.input_side,
+            class_names=list(trained.class_names),
+            config=config.to_dict(),
+            metrics=trained.metrics(),
+        )
+        publish = _publisher(artifact_dir, description, trained.model)
+
+    return finish(
+        JobStatus.SUCCEEDED,
+        final_metrics=_finite_values(final) if final else None,
+        result=_json_safe(result),
+        publish=publish,
     )
-    save_trained_model(artifact_dir, description, result.model)
-    return finish(JobStatus.SUCCEEDED, final_metrics=result.metrics())
+
+
+def _publisher(
+    artifact_dir: Path, description: ModelDescription, model: torch.nn.Module
+) -> Callable[[], None]:
+    def publish() -> None:
+        save_trained_model(artifact_dir, description, model)
+
+    return publish
 
 
 class _DatabaseRetry:
@@ -134,6 +182,22 @@ class _DatabaseRetry:
                 log.warning("database unavailable (%s); retrying in %.1fs", exc.orig, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+
+def _finite_values(values: dict[str, float]) -> dict[str, Any]:
+    """NaN/inf (a regression's accuracy) become None: SQL NULL, JSON null."""
+    return {k: (v if v is None or math.isfinite(v) else None) for k, v in values.items()}
+
+
+def _json_safe(value: Any) -> Any:
+    """The value with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _remove(path: Path) -> None:

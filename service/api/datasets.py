@@ -1,0 +1,183 @@
+"""Uploaded datasets: upload (npz, IDX pair, zip of class folders, CSV), list, inspect."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request as StarletteRequest
+
+from service import dataset_uploads, datasets_store
+from service.dataset_uploads import FORMATS, ParsedDataset, UploadError
+from service.db import SessionDep
+from service.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from service.schemas import DatasetPublic, DatasetsPublic, ErrorResponse
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+DatasetId = Annotated[str, Path(max_length=32, description="Dataset id (ds_...)")]
+MAX_TEXT_FIELD_BYTES = 4096  # name, format, image_side
+NOT_FOUND = {404: {"model": ErrorResponse, "description": "No dataset with that id"}}
+UPLOAD_BODY = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": ".npz (images, labels[, test_images, test_labels, "
+                            "class_names]), a zip of class folders of images, or a CSV "
+                            "(features..., target) for regression",
+                        },
+                        "images": {"type": "string", "format": "binary", "description": "IDX"},
+                        "labels": {"type": "string", "format": "binary", "description": "IDX"},
+                        "name": {"type": "string", "description": "a label for display"},
+                        "format": {"type": "string", "enum": list(FORMATS)},
+                        "image_side": {
+                            "type": "integer",
+                            "description": "zip only: images are resized to this side (28)",
+                        },
+                    },
+                }
+            }
+        },
+        "required": True,
+    }
+}
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it passes the limit (chunked uploads too)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the upload is {declared} bytes; the limit is {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the upload is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _form_fields(request: Request, body: bytes) -> tuple[dict[str, bytes], dict[str, str]]:
+    """(files by field, text fields) from the multipart body already read into memory."""
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    buffered = StarletteRequest(request.scope, replay)
+    try:
+        form = await buffered.form(max_files=2, max_fields=8, max_part_size=MAX_TEXT_FIELD_BYTES)
+    except StarletteHTTPException as exc:
+        reason = f"malformed multipart body ({exc.detail})"
+        raise InvalidRequest.for_fields([("body", reason)]) from exc
+    try:
+        files: dict[str, bytes] = {}
+        texts: dict[str, str] = {}
+        for key, value in form.multi_items():
+            if key in files or key in texts:
+                raise InvalidRequest.for_fields([(key, "given more than once")])
+            if isinstance(value, UploadFile):
+                files[key] = await value.read()
+            else:
+                texts[key] = value
+    finally:
+        await form.close()
+    unknown = sorted(
+        (files.keys() | texts.keys()) - {"file", "images", "labels", "name", "format", "image_side"}
+    )
+    if unknown:
+        raise InvalidRequest.for_fields([(k, "unknown field") for k in unknown])
+    return files, texts
+
+
+def _parse(files: dict[str, bytes], texts: dict[str, str], max_bytes: int) -> ParsedDataset:
+    fmt = texts.get("format")
+    if fmt is not None and fmt not in FORMATS:
+        raise UploadError("format", f"must be one of {', '.join(FORMATS)}")
+    if fmt == "idx" or (fmt is None and files.keys() & {"images", "labels"}):
+        if "file" in files:
+            raise UploadError("file", "give either 'file' or the IDX pair 'images' + 'labels'")
+        for part in ("images", "labels"):
+            if part not in files:
+                raise UploadError(part, "an IDX upload is two files: 'images' and 'labels'")
+        return dataset_uploads.parse_idx_pair(files["images"], files["labels"], max_bytes)
+    if "file" not in files:
+        raise UploadError(
+            "file", "upload the dataset in the field 'file' (or IDX 'images' + 'labels')"
+        )
+    if files.keys() - {"file"}:
+        raise UploadError(sorted(files.keys() - {"file"})[0], "only with format 'idx'")
+    raw = files["file"]
+    fmt = fmt or dataset_uploads.sniff_format(raw)
+    if "image_side" in texts and fmt != "zip":
+        raise UploadError("image_side", "only for a zip of class folders")
+    if fmt == "npz":
+        return dataset_uploads.parse_npz(raw, max_bytes)
+    if fmt == "zip":
+        side_text = texts.get("image_side", "28")
+        if not side_text.isdigit():
+            raise UploadError("image_side", "must be a whole number of pixels")
+        return dataset_uploads.parse_zip_folders(raw, max_bytes, int(side_text))
+    return dataset_uploads.parse_csv(raw)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetPublic,
+    responses={
+        413: {"model": ErrorResponse, "description": "Over TRAINSERVE_MAX_DATASET_BYTES"},
+        415: {"model": ErrorResponse, "description": "Not multipart/form-data"},
+    },
+    openapi_extra=UPLOAD_BODY,
+)
+async def upload_dataset(request: Request, session: SessionDep) -> DatasetPublic:
+    """Upload, validate and store a dataset; train on it with `"dataset": "<id>"`."""
+    settings = request.app.state.settings
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "multipart/form-data":
+        raise UnsupportedMediaType(
+            f"content type {content_type!r} is not accepted; send multipart/form-data with "
+            "'file' (npz, zip or csv) or 'images' + 'labels' (IDX)"
+        )
+    body = await _read_limited(request, settings.max_dataset_bytes)
+    files, texts = await _form_fields(request, body)
+    try:
+        parsed = await run_in_threadpool(_parse, files, texts, settings.max_dataset_bytes)
+    except UploadError as exc:
+        raise InvalidRequest.for_fields([(exc.field, exc.reason)]) from exc
+    row = await run_in_threadpool(
+        datasets_store.save_dataset,
+        session,
+        settings.resolved_artifact_dir,
+        parsed,
+        texts.get("name"),
+    )
+    return DatasetPublic.from_row(row)
+
+
+@router.get("", response_model=DatasetsPublic)
+def list_datasets(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> DatasetsPublic:
+    """Uploaded datasets, newest first."""
+    rows, count = datasets_store.list_datasets(session, limit=limit, offset=offset)
+    return DatasetsPublic(data=[DatasetPublic.from_row(r) for r in rows], count=count)
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic, responses=NOT_FOUND)
+def get_dataset(dataset_id: DatasetId, session: SessionDep) -> DatasetPublic:
+    """One uploaded dataset: kind, sizes, shape, classes."""
+    try:
+        return DatasetPublic.from_row(datasets_store.get_dataset(session, dataset_id))
+    except datasets_store.DatasetNotFound as exc:
+        raise NotFound(str(exc)) from exc

@@ -1,0 +1,165 @@
+"""Sweeps: one job per point of a grid of job fields, compared by validation score."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, status
+from pydantic import ValidationError
+
+from service import datasets_store, queue
+from service.db import SessionDep
+from service.errors import InvalidRequest, NotFound
+from service.schemas import (
+    MAX_SWEEP_POINTS,
+    ErrorResponse,
+    JobCreate,
+    SweepCreate,
+    SweepPointPublic,
+    SweepPublic,
+    SweepsPublic,
+    SweepSummaryPublic,
+)
+from service.tables import Job, JobStatus
+from service.training.config import TrainConfig
+
+router = APIRouter(prefix="/sweeps", tags=["sweeps"])
+SweepId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Sweep id")]
+NOT_FOUND = {404: {"model": ErrorResponse, "description": "No sweep with that id"}}
+ORDER_CLASSIFICATION = "val_acc descending (unfinished points last)"
+ORDER_REGRESSION = "val_loss ascending (unfinished points last)"
+
+
+def _points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def _field_of(loc: tuple[Any, ...], grid: dict[str, list[Any]]) -> str:
+    name = str(loc[0]) if loc else "base"
+    return f"grid.{name}" if name in grid else f"base.{name}"
+
+
+def _resolve_points(body: SweepCreate, session: Any) -> list[TrainConfig]:
+    """Every point's resolved config, or a 422 naming grid.<field> / base.<field>."""
+    problems: list[tuple[str, str]] = []
+    for key, values in body.grid.items():
+        if key in body.base:
+            problems.append((f"grid.{key}", "also given in base; give it in one place"))
+        if not values:
+            problems.append((f"grid.{key}", "needs at least one value"))
+        if key == "priority":
+            problems.append(("grid.priority", "a sweep's jobs share the base's priority"))
+    count = math.prod(len(v) for v in body.grid.values())
+    if count > MAX_SWEEP_POINTS:
+        problems.append(("grid", f"{count} points; at most {MAX_SWEEP_POINTS}"))
+    if problems:
+        raise InvalidRequest.for_fields(problems)
+    # Points differ only in the grid's knobs: without a seed, they all share one drawn seed.
+    seed = {} if "seed" in body.base or "seed" in body.grid else {"seed": random.randrange(2**31)}
+    configs: list[TrainConfig] = []
+    for point in _points(body.grid):
+        try:
+            job = JobCreate.model_validate({**body.base, **seed, **point})
+        except ValidationError as exc:
+            for error in exc.errors():
+                reason = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+                if error.get("type") == "missing":
+                    reason = "this field is required"
+                elif error.get("type") == "extra_forbidden":
+                    reason = "unknown field"
+                problems.append((_field_of(tuple(error.get("loc", ())), body.grid), reason))
+            break
+        config, point_problems = job.resolve(datasets_store.stored_kind(session, job.dataset))
+        if point_problems:
+            problems += [
+                (f"grid.{f}" if f in body.grid else f"base.{f}", f"{r} (at point {point})")
+                for f, r in point_problems
+            ]
+            break
+        configs.append(config)
+    if problems:
+        raise InvalidRequest.for_fields(problems)
+    return configs
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SweepPublic)
+def create_sweep(body: SweepCreate, request: Request, session: SessionDep) -> SweepPublic:
+    """Validate every point of the grid, then queue one job per point in one transaction."""
+    configs = _resolve_points(body, session)
+    priority = int(body.base.get("priority", 0))
+    sweep, _ = queue.create_sweep(
+        session,
+        base=body.base,
+        grid=body.grid,
+        configs=[c.to_dict() for c in configs],
+        priority=priority,
+        max_attempts=request.app.state.settings.max_attempts,
+    )
+    return _sweep_public(session, sweep.id)
+
+
+def _sort_key(job: Job, regression: bool) -> tuple[int, float]:
+    score = job.val_loss if regression else job.val_acc
+    if score is None or not math.isfinite(score):
+        return (1, 0.0)
+    return (0, score if regression else -score)
+
+
+def _sweep_public(session: Any, sweep_id: int) -> SweepPublic:
+    sweep, jobs = queue.get_sweep(session, sweep_id)
+    configs = [TrainConfig.from_dict(j.config) for j in jobs]
+    regression = bool(configs) and all(c.is_regression for c in configs)
+    ranked = sorted(jobs, key=lambda j: _sort_key(j, regression))
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.status] = counts.get(job.status, 0) + 1
+    return SweepPublic(
+        id=sweep.id,
+        base=sweep.base,
+        grid=sweep.grid,
+        created_at=sweep.created_at,
+        status_counts=counts,
+        order=ORDER_REGRESSION if regression else ORDER_CLASSIFICATION,
+        points=[
+            SweepPointPublic(
+                job_id=job.id,
+                status=JobStatus(job.status),
+                params={key: job.config.get(key) for key in sweep.grid},
+                val_acc=_finite(job.val_acc),
+                val_loss=_finite(job.val_loss),
+                test_acc=_finite(job.test_acc),
+            )
+            for job in ranked
+        ],
+    )
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+@router.get("", response_model=SweepsPublic)
+def list_sweeps(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> SweepsPublic:
+    """Sweeps, newest first, with how many of their jobs are in each status."""
+    sweeps, count = queue.list_sweeps(session, limit=limit, offset=offset)
+    counts = queue.count_sweep_jobs(session, [s.id for s in sweeps])
+    return SweepsPublic(
+        data=[SweepSummaryPublic.from_row(s, counts[s.id]) for s in sweeps], count=count
+    )
+
+
+@router.get("/{sweep_id}", response_model=SweepPublic, responses=NOT_FOUND)
+def get_sweep(sweep_id: SweepId, session: SessionDep) -> SweepPublic:
+    """The sweep's points, best first (val_acc; val_loss for regression), with their status."""
+    try:
+        return _sweep_public(session, sweep_id)
+    except queue.SweepNotFound as exc:
+        raise NotFound(str(exc)) from exc

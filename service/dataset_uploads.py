@@ -1,0 +1,392 @@
+"""Turn an uploaded dataset into validated, normalised arrays (no HTTP, no SQL, no disk).
+
+Accepted uploads:
+  npz   ``images`` (N, H, W), (N, H, W, 1|3) or (N, 1|3, H, W) and ``labels`` (N,); optional
+        ``test_images`` + ``test_labels`` and ``class_names`` (N strings). uint8, or integers
+        0..255, or floats in [0, 255] (floats all within [0, 1] are taken as intensities x 255).
+  idx   an images file (N, H, W) and a labels file (N,) in the IDX format, gzipped or not.
+  zip   one folder per class (the folder name is the class name) of image files; every image
+        becomes grayscale and is resized to ``image_side`` x ``image_side``.
+  csv   numbers only, an optional header row; the last column is the target, the others are
+        the features (a regression dataset).
+
+Images end up as uint8 (N, H, W) grayscale with labels 0..C-1 (2 <= C <= 1000); features as
+float32 (N, D). Without an explicit test set, a fixed, seeded fifth of the examples is held out
+as the test set. Nothing is ever unpickled, extracted to disk, or named after user input.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import posixpath
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from service.training.data import DatasetError, parse_idx
+
+MIN_EXAMPLES = 10  # enough for a test, a validation and a training split
+MIN_CLASSES, MAX_CLASSES = 2, 1000
+MAX_SIDE = 512  # pixels, like a job's resize
+MIN_SIDE = 4
+MAX_FEATURES = 10_000
+MAX_ZIP_MEMBERS = 200_000
+MAX_IMAGE_FILE_BYTES = 20 * 1024 * 1024  # one image inside a zip
+MAX_IMAGE_PIXELS = 4096 * 4096  # decoded; larger is a decompression bomb for our purposes
+DECOMPRESSED_FACTOR = 4  # archives may inflate to this many times the upload limit, no more
+TEST_FRACTION = 0.2
+SPLIT_SEED = 20240609  # fixed: the held-out test set of a dataset never depends on a job
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
+FORMATS = ("npz", "idx", "zip", "csv")
+
+
+class UploadError(ValueError):
+    """The upload is not a usable dataset; `field` names the form field to blame."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass
+class ParsedDataset:
+    kind: str  # image | regression
+    format: str  # npz | idx | zip | csv
+    arrays: dict[str, np.ndarray]  # what data.npz holds (see service.training.data)
+    input_shape: list[int]  # [H, W] or [D]
+    num_classes: int | None = None
+    class_names: list[str] | None = field(default=None)
+
+    @property
+    def train_examples(self) -> int:
+        key = "train_images" if self.kind == "image" else "train_x"
+        return len(self.arrays[key])
+
+    @property
+    def test_examples(self) -> int:
+        key = "test_images" if self.kind == "image" else "test_x"
+        return len(self.arrays[key])
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def held_out_split(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices: a fixed seeded permutation, the last fifth (at least 1) as test."""
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n)
+    n_test = max(1, round(TEST_FRACTION * n))
+    return perm[n_test:], perm[:n_test]
+
+
+def _to_gray_uint8(images: np.ndarray, what: str) -> np.ndarray:
+    """(N, H, W) uint8 from (N, H, W), (N, H, W, 1|3) or (N, 1|3, H, W) numbers."""
+    if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
+        images = np.moveaxis(images, 1, -1)  # (N, C, H, W) -> (N, H, W, C)
+    if images.ndim == 4 and images.shape[3] == 1:
+        images = images[..., 0]
+    if images.ndim != 3 and not (images.ndim == 4 and images.shape[3] == 3):
+        raise UploadError(what, f"expected images (N, H, W) or (N, H, W, 1|3), got {images.shape}")
+    if images.dtype.kind not in "uif":
+        raise UploadError(what, f"images must be numbers, got dtype {images.dtype}")
+    if images.dtype != np.uint8:
+        values = images.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise UploadError(what, "images contain NaN or infinite values")
+        low, high = float(values.min(initial=0)), float(values.max(initial=0))
+        if low < 0 or high > 255:
+            raise UploadError(what, f"pixel values must lie in 0..255, got {low:g}..{high:g}")
+        if images.dtype.kind == "f" and high <= 1.0:
+            values = values * 255.0  # intensities in [0, 1]
+        images = np.rint(values).astype(np.uint8)
+    if images.ndim == 4:  # RGB -> luma (ITU-R 601), as Pillow's convert("L")
+        weights = np.array([0.299, 0.587, 0.114])
+        images = np.rint(images.astype(np.float64) @ weights).clip(0, 255).astype(np.uint8)
+    n, height, width = images.shape
+    if not (MIN_SIDE <= height <= MAX_SIDE and MIN_SIDE <= width <= MAX_SIDE):
+        raise UploadError(
+            what, f"images must be {MIN_SIDE}..{MAX_SIDE} pixels a side, got {height}x{width}"
+        )
+    return np.ascontiguousarray(images)
+
+
+def _labels(labels: np.ndarray, n: int, what: str) -> np.ndarray:
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or len(labels) != n:
+        raise UploadError(what, f"expected {n} labels (one per image), got shape {labels.shape}")
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all() or not np.equal(np.mod(labels, 1), 0).all():
+            raise UploadError(what, "labels must be whole numbers")
+    elif labels.dtype.kind not in "ui":
+        raise UploadError(what, f"labels must be integers, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
+    if n and labels.min() < 0:
+        raise UploadError(what, f"labels must be 0..C-1, got {int(labels.min())}")
+    if n and labels.max() >= MAX_CLASSES:
+        raise UploadError(what, f"at most {MAX_CLASSES} classes (labels 0..{MAX_CLASSES - 1})")
+    return labels
+
+
+def _image_dataset(
+    fmt: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
+    class_names: list[str] | None = None,
+    images_field: str = "file",
+    labels_field: str = "file",
+) -> ParsedDataset:
+    images = _to_gray_uint8(images, images_field)
+    labels = _labels(labels, len(images), labels_field)
+    if test is not None:
+        test_images = _to_gray_uint8(test[0], images_field)
+        test_labels = _labels(test[1], len(test_images), labels_field)
+        if test_images.shape[1:] != images.shape[1:]:
+            raise UploadError(images_field, "test images must have the training images' size")
+        if len(test_images) < 1:
+            raise UploadError(images_field, "the test set is empty")
+    else:
+        if len(images) < MIN_EXAMPLES:
+            raise UploadError(
+                images_field, f"need at least {MIN_EXAMPLES} images, got {len(images)}"
+            )
+        train_idx, test_idx = held_out_split(len(images))
+        images, test_images = images[train_idx], images[test_idx]
+        labels, test_labels = labels[train_idx], labels[test_idx]
+    if len(images) < 2:
+        raise UploadError(images_field, "need at least 2 training images")
+    seen_max = int(max(labels.max(), test_labels.max()))
+    num_classes = len(class_names) if class_names else seen_max + 1
+    if class_names and seen_max >= num_classes:
+        raise UploadError(labels_field, f"label {seen_max} has no class name ({num_classes} given)")
+    if num_classes < MIN_CLASSES:
+        raise UploadError(labels_field, f"need at least {MIN_CLASSES} classes, got {num_classes}")
+    names = class_names or [str(i) for i in range(num_classes)]
+    return ParsedDataset(
+        kind="image",
+        format=fmt,
+        arrays={
+            "train_images": images,
+            "train_labels": labels,
+            "test_images": test_images,
+            "test_labels": test_labels,
+            "class_names": np.array(names, dtype=np.str_),
+        },
+        input_shape=[int(images.shape[1]), int(images.shape[2])],
+        num_classes=num_classes,
+        class_names=names,
+    )
+
+
+def _clean_label(text: str) -> str:
+    """A class or dataset name for display: printable, at most 100 characters."""
+    cleaned = "".join(c if c.isprintable() else "_" for c in text).strip()
+    return cleaned[:100]
+
+
+def _check_archive(archive: zipfile.ZipFile, max_bytes: int, what: str) -> list[zipfile.ZipInfo]:
+    infos = archive.infolist()
+    if len(infos) > MAX_ZIP_MEMBERS:
+        raise UploadError(what, f"more than {MAX_ZIP_MEMBERS} files in the archive")
+    total = sum(i.file_size for i in infos)
+    if total > DECOMPRESSED_FACTOR * max_bytes:
+        raise UploadError(what, f"the archive unpacks to {total} bytes, over the limit")
+    return infos
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, what: str) -> bytes:
+    """A member's bytes, in memory, refusing to read past `limit` whatever its header says."""
+    with archive.open(info) as member:
+        data = member.read(limit + 1)
+    if len(data) > limit:
+        raise UploadError(what, f"a file in the archive is larger than {limit} bytes")
+    return data
+
+
+# --------------------------------------------------------------------------------- parsers
+
+
+def parse_npz(raw: bytes, max_bytes: int) -> ParsedDataset:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(raw))
+    except zipfile.BadZipFile:
+        raise UploadError("file", "not an .npz file (not a zip archive)") from None
+    with archive:
+        _check_archive(archive, max_bytes, "file")
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            keys = set(npz.files)
+            if not {"images", "labels"} <= keys:
+                raise UploadError(
+                    "file", f"an .npz needs arrays 'images' and 'labels', has {sorted(keys)}"
+                )
+            arrays = {
+                k: npz[k]
+                for k in keys & {"images", "labels", "test_images", "test_labels", "class_names"}
+            }
+    except UploadError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        # Object arrays (which need pickle) land here too.
+        raise UploadError("file", f"cannot read the .npz: {exc}") from exc
+    test = None
+    if "test_images" in arrays or "test_labels" in arrays:
+        if not {"test_images", "test_labels"} <= arrays.keys():
+            raise UploadError("file", "give both 'test_images' and 'test_labels', or neither")
+        test = (arrays["test_images"], arrays["test_labels"])
+    names = None
+    if "class_names" in arrays:
+        raw_names = arrays["class_names"]
+        if raw_names.ndim != 1 or raw_names.dtype.kind not in "US":
+            raise UploadError("file", "'class_names' must be a 1-D array of strings")
+        names = [_clean_label(str(n)) or str(i) for i, n in enumerate(raw_names.tolist())]
+    return _image_dataset("npz", arrays["images"], arrays["labels"], test=test, class_names=names)
+
+
+def _maybe_gunzip(raw: bytes, max_bytes: int, what: str) -> bytes:
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    limit = DECOMPRESSED_FACTOR * max_bytes
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            data = stream.read(limit + 1)
+    except (OSError, EOFError) as exc:
+        raise UploadError(what, f"a broken gzip file: {exc}") from exc
+    if len(data) > limit:
+        raise UploadError(what, "the file unpacks to more than the size limit allows")
+    return data
+
+
+def parse_idx_pair(images_raw: bytes, labels_raw: bytes, max_bytes: int) -> ParsedDataset:
+    arrays = {}
+    for what, raw in (("images", images_raw), ("labels", labels_raw)):
+        try:
+            arrays[what] = parse_idx(_maybe_gunzip(raw, max_bytes, what), source=what)
+        except DatasetError as exc:
+            raise UploadError(what, str(exc).removeprefix(f"{what}: ")) from exc
+    if arrays["images"].ndim != 3:
+        raise UploadError(
+            "images", f"expected an IDX file of (N, H, W) images, got {arrays['images'].shape}"
+        )
+    return _image_dataset(
+        "idx", arrays["images"], arrays["labels"], images_field="images", labels_field="labels"
+    )
+
+
+def _decode_member(data: bytes, side: int, name: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise UploadError("file", f"{name}: {width}x{height} pixels is too large")
+            gray = image.convert("L").resize((side, side), Image.Resampling.BILINEAR)
+            return np.asarray(gray, dtype=np.uint8)
+    except UploadError:
+        raise
+    except Exception as exc:  # Pillow raises many kinds for a broken file
+        raise UploadError("file", f"{name}: not a readable image ({exc})") from exc
+
+
+def parse_zip_folders(raw: bytes, max_bytes: int, image_side: int = 28) -> ParsedDataset:
+    if not MIN_SIDE <= image_side <= MAX_SIDE:
+        raise UploadError("image_side", f"must be {MIN_SIDE}..{MAX_SIDE}")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(raw))
+    except zipfile.BadZipFile:
+        raise UploadError("file", "not a zip archive") from None
+    by_class: dict[str, list[np.ndarray]] = {}
+    with archive:
+        for info in _check_archive(archive, max_bytes, "file"):
+            # The member name is only ever split into strings: nothing is extracted, so a
+            # name like ../../etc/passwd can only become an (odd) class label, and is refused.
+            path = info.filename.replace("\\", "/")
+            parts = [p for p in path.split("/") if p]
+            if info.is_dir() or not parts or parts[0] == "__MACOSX" or parts[-1].startswith("."):
+                continue
+            if not parts[-1].lower().endswith(IMAGE_SUFFIXES):
+                continue
+            if ".." in parts or path.startswith("/"):
+                raise UploadError("file", f"refusing the archive member {path[:100]!r}")
+            if len(parts) < 2:
+                raise UploadError("file", f"{path[:100]!r}: images must be inside class folders")
+            label = _clean_label(posixpath.basename(posixpath.dirname(path)))
+            data = _read_member(archive, info, MAX_IMAGE_FILE_BYTES, "file")
+            by_class.setdefault(label, []).append(_decode_member(data, image_side, path[:100]))
+    if len(by_class) < MIN_CLASSES:
+        raise UploadError(
+            "file", f"need at least {MIN_CLASSES} class folders with images, found {len(by_class)}"
+        )
+    if len(by_class) > MAX_CLASSES:
+        raise UploadError("file", f"at most {MAX_CLASSES} class folders")
+    names = sorted(by_class)  # label i is the i-th folder name in sorted order
+    images = np.stack([img for name in names for img in by_class[name]])
+    labels = np.concatenate([np.full(len(by_class[name]), i) for i, name in enumerate(names)])
+    return _image_dataset("zip", images, labels, class_names=names)
+
+
+def parse_csv(raw: bytes) -> ParsedDataset:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UploadError("file", "a CSV must be UTF-8 text") from None
+    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    if rows and not _numeric(rows[0]):
+        rows = rows[1:]  # a header row
+    if len(rows) < MIN_EXAMPLES:
+        raise UploadError("file", f"need at least {MIN_EXAMPLES} data rows, got {len(rows)}")
+    width = len(rows[0])
+    if not 2 <= width <= MAX_FEATURES + 1:
+        raise UploadError(
+            "file", f"need 2..{MAX_FEATURES + 1} columns (features, then the target), got {width}"
+        )
+    values = np.empty((len(rows), width), dtype=np.float64)
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise UploadError("file", f"row {i + 1} has {len(row)} columns, the first has {width}")
+        try:
+            values[i] = [float(c) for c in row]
+        except ValueError:
+            raise UploadError("file", f"row {i + 1} holds a value that is not a number") from None
+    if not np.isfinite(values).all():
+        raise UploadError("file", "the CSV holds NaN or infinite values")
+    train_idx, test_idx = held_out_split(len(values))
+    x, y = values[:, :-1].astype(np.float32), values[:, -1].astype(np.float32)
+    return ParsedDataset(
+        kind="regression",
+        format="csv",
+        arrays={
+            "train_x": x[train_idx],
+            "train_y": y[train_idx],
+            "test_x": x[test_idx],
+            "test_y": y[test_idx],
+        },
+        input_shape=[width - 1],
+    )
+
+
+def _numeric(row: list[str]) -> bool:
+    """Whether every cell parses as a number (else the row is a header)."""
+    try:
+        for cell in row:
+            float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def sniff_format(raw: bytes) -> str:
+    """npz | zip | csv from the first bytes (an IDX upload comes as two files instead)."""
+    if raw[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            return "zip"
+        return "npz" if names and all(n.endswith(".npy") for n in names) else "zip"
+    return "csv"

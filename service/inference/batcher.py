@@ -1,0 +1,231 @@
+"""Dynamic batching: concurrent requests for one model share a forward pass.
+
+One asyncio task per model (started when a request arrives, gone when the queue is empty)
+takes whatever is waiting, up to ``max_batch_size`` images, and runs the forward in a
+thread so the event loop keeps serving HTTP meanwhile. It waits up to ``max_delay`` seconds
+for more images only while the model is busy (it has just run a batch and requests are still
+coming); a request that finds the model idle runs at once. The queue is bounded in images
+(waiting and running): past the bound ``submit`` raises ``QueueFull`` at once instead of
+letting latency grow without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+# The inputs of the requests in a batch, in order -> one output row per image, in order.
+Run = Callable[[Sequence[Any]], torch.Tensor]
+
+
+class QueueFull(RuntimeError):
+    """The model's queue holds its limit of images; the client should retry later."""
+
+    def __init__(self, queued: int, limit: int, retry_after: int) -> None:
+        super().__init__(
+            f"the model's queue is full ({queued} images waiting or running, limit {limit}); "
+            f"retry in {retry_after} s"
+        )
+        self.queued = queued
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+@dataclass
+class BatchStats:
+    """Counters since start: how much batching actually happened."""
+
+    requests: int = 0
+    images: int = 0
+    batches: int = 0  # forward passes
+    largest_batch: int = 0  # images
+    rejected: int = 0  # requests answered QueueFull
+    sizes: dict[int, int] = field(default_factory=dict)  # images per forward -> count
+
+    def record(self, images: int, requests: int) -> None:
+        self.requests += requests
+        self.images += images
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, images)
+        self.sizes[images] = self.sizes.get(images, 0) + 1
+
+    def as_dict(self) -> dict[str, object]:
+        mean = self.images / self.batches if self.batches else 0.0
+        return {
+            "requests": self.requests,
+            "images": self.images,
+            "batches": self.batches,
+            "mean_batch": round(mean, 3),
+            "largest_batch": self.largest_batch,
+            "rejected": self.rejected,
+            "sizes": {str(k): v for k, v in sorted(self.sizes.items())},
+        }
+
+
+@dataclass
+class _Pending:
+    inputs: Any  # one request's images, as ``run`` takes them
+    size: int  # images
+    future: asyncio.Future[torch.Tensor]
+
+
+class Batcher:
+    """Batches the ``run`` calls of concurrent ``submit``s (one model, one event loop).
+
+    ``run`` gets the inputs of several requests (each ``len(inputs)`` images, unless
+    ``submit`` says otherwise) and returns one output row per image, so preprocessing too
+    happens once per batch, in the forward thread.
+    """
+
+    def __init__(
+        self,
+        run: Run,
+        *,
+        max_batch_size: int = 32,
+        max_delay: float = 0.002,
+        max_queue: int = 1024,
+        executor: Executor | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1 or max_delay < 0:
+            raise ValueError("max_batch_size and max_queue must be >= 1, max_delay >= 0")
+        self.run = run
+        self.max_batch_size = int(max_batch_size)
+        self.max_delay = float(max_delay)
+        self.max_queue = int(max_queue)
+        self.executor = executor
+        self.stats = BatchStats()
+        self._pending: deque[_Pending] = deque()
+        self._queued = 0  # images waiting or running
+        self._arrived: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._seconds_per_image = 0.0  # running estimate, for Retry-After
+
+    @property
+    def queued(self) -> int:
+        """Images waiting or being computed."""
+        return self._queued
+
+    def _admit(self, n: int) -> None:
+        # A request larger than the whole queue is admitted when the queue is empty.
+        if self._queued and self._queued + n > self.max_queue:
+            self.stats.rejected += 1
+            wait = self._queued * self._seconds_per_image
+            raise QueueFull(self._queued, self.max_queue, max(1, math.ceil(wait)))
+
+    async def submit(self, inputs: Any, size: int | None = None) -> torch.Tensor:
+        """Output rows for ``inputs`` (``size`` images, default ``len(inputs)``), computed in
+        a batch with other waiting requests."""
+        n = len(inputs) if size is None else int(size)
+        self._admit(n)
+        loop = asyncio.get_running_loop()
+        pending = _Pending(inputs, n, loop.create_future())
+        self._pending.append(pending)
+        self._queued += n
+        if self._task is None or self._task.done():
+            self._arrived = asyncio.Event()
+            self._task = loop.create_task(self._work(), name="batcher")
+        elif self._arrived is not None:
+            self._arrived.set()
+        return await pending.future
+
+    async def run_alone(self, inputs: Any, size: int | None = None) -> torch.Tensor:
+        """Outputs for ``inputs`` in a forward of their own (batching off), same queue bound."""
+        n = len(inputs) if size is None else int(size)
+        self._admit(n)
+        self._queued += n
+        try:
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self.executor, self._timed_run, [inputs], n)
+            self.stats.record(n, 1)
+            return outputs
+        finally:
+            self._queued -= n
+
+    def _timed_run(self, inputs: list[Any], size: int) -> torch.Tensor:
+        start = time.perf_counter()
+        outputs = self.run(inputs)
+        if len(outputs) != size:
+            raise RuntimeError(f"the model gave {len(outputs)} outputs for {size} inputs")
+        per_image = (time.perf_counter() - start) / max(1, size)
+        self._seconds_per_image = 0.9 * self._seconds_per_image + 0.1 * per_image
+        return outputs
+
+    def _take(self, batch: list[_Pending], size: int) -> int:
+        """Move waiting requests into ``batch`` while they fit; returns the new image count."""
+        while self._pending:
+            head = self._pending[0]
+            if head.future.done():  # its client went away: drop it
+                self._pending.popleft()
+                self._queued -= head.size
+                continue
+            if batch and size + head.size > self.max_batch_size:
+                break
+            batch.append(self._pending.popleft())
+            size += head.size
+            if size >= self.max_batch_size:
+                break
+        return size
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        arrived = self._arrived
+        assert arrived is not None
+        busy = False  # the previous pass just ran: more requests are likely on their way
+        batch: list[_Pending] = []
+        try:
+            while self._pending:
+                batch = []
+                size = self._take(batch, 0)
+                if busy and self.max_delay > 0 and size < self.max_batch_size:
+                    deadline = loop.time() + self.max_delay
+                    while size < self.max_batch_size:
+                        remaining = deadline - loop.time()
+                        if remaining <= 0:
+                            break
+                        arrived.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(arrived.wait(), remaining)
+                        size = self._take(batch, size)
+                if not batch:
+                    break
+                await self._run_batch(loop, batch, size)
+                batch = []
+                busy = True
+        except BaseException as exc:  # cancelled at shutdown: nobody may wait forever
+            for item in [*batch, *self._pending]:
+                if not item.future.done():
+                    item.future.set_exception(
+                        exc if isinstance(exc, Exception) else RuntimeError("shutting down")
+                    )
+            self._pending.clear()
+            self._queued = 0
+            raise
+
+    async def _run_batch(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], size: int
+    ) -> None:
+        try:
+            inputs = [item.inputs for item in batch]
+            outputs = await loop.run_in_executor(self.executor, self._timed_run, inputs, size)
+        except Exception as exc:  # the forward failed: every request of the batch hears it
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+        else:
+            self.stats.record(size, len(batch))
+            start = 0
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_result(outputs[start : start + item.size])
+                start += item.size
+        finally:
+            self._queued -= size

@@ -1,0 +1,125 @@
+"""A short verdict on a finished run from its per-epoch curves, as the course reads them.
+
+Training error and validation (generalisation) error tell three stories:
+  overfitting   the validation loss is well above the training loss, or has turned back up
+                from its best while the training loss kept falling;
+  underfitting  no overfitting, but the training loss is still falling markedly at the end
+                (the model has not converged: train longer, raise lr, or use a bigger model),
+                or (classification) it fits its own training data barely better than chance;
+  good fit      neither: the training loss has levelled off and validation follows it.
+
+Pure function of the numbers; every verdict carries the figures it was drawn from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+GAP_RATIO_OVERFIT = 1.5  # val loss above 1.5 x train loss
+ACC_GAP_OVERFIT = 0.10  # train accuracy 10 points above validation accuracy
+VAL_RISE_OVERFIT = 0.10  # val loss 10 % above its best epoch's
+STILL_FALLING = 0.02  # train loss fell more than 2 % per epoch over the last epochs
+TREND_EPOCHS = 3  # the window of the trend
+CHANCE_MARGIN = 1.5  # train accuracy below 1.5 x chance is underfitting
+
+
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def _per_epoch_drop(losses: Sequence[float]) -> float | None:
+    """Mean relative fall of the loss per epoch over the last TREND_EPOCHS (None: one epoch)."""
+    window = list(losses[-(TREND_EPOCHS + 1) :])
+    if len(window) < 2 or window[0] <= 0:
+        return None
+    epochs = len(window) - 1
+    return (window[0] - window[-1]) / window[0] / epochs
+
+
+def diagnose(
+    train_loss: Sequence[float],
+    val_loss: Sequence[float],
+    train_acc: Sequence[float | None] | None = None,
+    val_acc: Sequence[float | None] | None = None,
+    num_classes: int | None = None,
+) -> dict[str, Any] | None:
+    """{"verdict", "reason", and the figures}; None when there is no finite epoch to judge."""
+    train, val = _finite(train_loss), _finite(val_loss)
+    if not train or not val:
+        return None
+    last_train, last_val, best_val = train[-1], val[-1], min(val)
+    gap = last_val - last_train
+    ratio = last_val / last_train if last_train > 0 else math.inf
+    val_rise = (last_val - best_val) / best_val if best_val > 0 else 0.0
+    drop = _per_epoch_drop(train)
+    figures: dict[str, Any] = {
+        "epochs": len(train),
+        "train_loss": last_train,
+        "val_loss": last_val,
+        "gap": gap,  # val - train loss
+        "best_val_loss": best_val,
+        "val_rise": val_rise,  # (last - best) / best validation loss
+        "train_loss_drop_per_epoch": drop,  # relative, over the last epochs
+    }
+    accs_train = _finite(train_acc or [])
+    accs_val = _finite(val_acc or [])
+    acc_gap = None
+    if accs_train and accs_val:
+        acc_gap = accs_train[-1] - accs_val[-1]
+        figures |= {"train_acc": accs_train[-1], "val_acc": accs_val[-1], "acc_gap": acc_gap}
+
+    overfit_reasons = []
+    if ratio > GAP_RATIO_OVERFIT and gap > 0:
+        overfit_reasons.append(
+            f"validation loss {last_val:.4g} is {ratio:.1f}x the training loss {last_train:.4g}"
+        )
+    if acc_gap is not None and acc_gap > ACC_GAP_OVERFIT:
+        overfit_reasons.append(
+            f"training accuracy is {100 * acc_gap:.1f} points above validation accuracy"
+        )
+    if val_rise > VAL_RISE_OVERFIT and drop is not None and drop > 0:
+        overfit_reasons.append(
+            f"validation loss rose {100 * val_rise:.0f}% above its best ({best_val:.4g}) "
+            "while the training loss kept falling"
+        )
+    if overfit_reasons:
+        return {
+            "verdict": "overfitting",
+            "reason": "; ".join(overfit_reasons)
+            + ": more data, weight decay or dropout, or fewer epochs",
+            **figures,
+        }
+
+    underfit_reasons = []
+    if drop is not None and drop > STILL_FALLING:
+        underfit_reasons.append(
+            f"training loss still falls {100 * drop:.1f}% per epoch and validation follows"
+        )
+    if num_classes and accs_train and accs_train[-1] < CHANCE_MARGIN / num_classes:
+        underfit_reasons.append(
+            f"training accuracy {accs_train[-1]:.3f} is near chance ({1 / num_classes:.3f})"
+        )
+    if underfit_reasons:
+        return {
+            "verdict": "underfitting",
+            "reason": "; ".join(underfit_reasons)
+            + ": train longer, raise the learning rate or use a larger model",
+            **figures,
+        }
+    reason = "training loss has levelled off and validation loss stays close to it"
+    if drop is None:
+        reason = "validation loss stays close to the training loss (one epoch: no trend yet)"
+    return {"verdict": "good fit", "reason": reason, **figures}
+
+
+def diagnose_epochs(epochs: Sequence[Any], num_classes: int | None = None) -> dict[str, Any] | None:
+    """diagnose() over EpochMetrics-like rows (attributes train_loss, val_loss, ...)."""
+    return diagnose(
+        [e.train_loss for e in epochs],
+        [e.val_loss for e in epochs],
+        [e.train_acc for e in epochs],
+        [e.val_acc for e in epochs],
+        num_classes,
+    )

@@ -1,0 +1,136 @@
+"""What every training loop shares: one epoch of SGD steps over a batch plan, the penalties,
+the fresh model + optimizer + shuffling stream of a run, and the ways a run ends early.
+
+A task (classification in ``loop``, regression in ``regression``) supplies an *objective*: a
+function from a batch's indices to the loss to minimise and the figures to report. The LR range
+test (``lr_find``) and K-fold (``kfold``) reuse the same objectives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from service.training.batching import plan_epoch
+from service.training.config import TrainConfig
+from service.training.optim import l1_penalty, penalised_parameters
+
+SHUFFLE_SEED_OFFSET = 0x5EED  # the shuffling stream differs from the split's stream
+
+
+class TrainingCancelled(Exception):
+    """should_stop() returned true; the job stopped between two batches."""
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; the model is useless and must not be saved."""
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int  # from 1
+    train_loss: float  # mean per-example loss (penalties not included)
+    train_acc: float  # NaN for regression
+    val_loss: float
+    val_acc: float  # NaN for regression
+    examples_per_sec: float  # training examples / training seconds
+    seconds: float  # the whole epoch, validation included
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass
+class StepOutput:
+    objective: torch.Tensor  # what backward() runs on: the reduced loss plus penalties
+    loss_sum: torch.Tensor  # detached: the data loss summed over the batch (for the curves)
+    correct: torch.Tensor | None  # detached: correct predictions (classification only)
+
+
+Objective = Callable[[torch.Tensor], StepOutput]  # (B,) indices into the training set
+
+
+@dataclass
+class EpochSums:
+    loss_sum: torch.Tensor  # device scalars: read once per epoch
+    correct: torch.Tensor
+    examples: int  # examples stepped on (pad counts its fill, drop leaves some out)
+
+
+def _never_stop() -> bool:
+    return False
+
+
+def reduce_loss(per_example: torch.Tensor, reduction: str) -> torch.Tensor:
+    """mean or sum over the batch. With sum the gradient is batch_size times the mean's, so
+    the same step needs lr / batch_size (the course's `sgd` divides by batch_size for this)."""
+    if reduction == "mean":
+        return per_example.mean()
+    if reduction == "sum":
+        return per_example.sum()
+    raise ValueError(f"unknown loss_reduction {reduction!r} (known: mean, sum)")
+
+
+def add_penalties(loss: torch.Tensor, model: nn.Module, config: TrainConfig) -> torch.Tensor:
+    """The loss plus the L1 penalty (L2 weight decay is the optimizer's, not the loss's)."""
+    if config.l1 <= 0:
+        return loss
+    params = penalised_parameters(model, config.decay_bias)
+    return loss + config.l1 * l1_penalty(params).to(loss.device)
+
+
+def shuffling_generator(config: TrainConfig) -> torch.Generator:
+    return torch.Generator().manual_seed(config.seed + SHUFFLE_SEED_OFFSET)
+
+
+def run_epoch(
+    objective: Objective,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    n_train: int,
+    config: TrainConfig,
+    generator: torch.Generator,
+    device: torch.device,
+    epoch: int,
+    should_stop: Callable[[], bool] = _never_stop,
+) -> EpochSums:
+    """One pass of SGD steps in a freshly shuffled order, batched by config.last_batch."""
+    model.train()
+    order = torch.randperm(n_train, generator=generator)
+    indices, bounds = plan_epoch(order, config.batch_size, config.last_batch, generator)
+    indices = indices.to(device, non_blocking=True)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    examples = 0
+    for start, end in bounds:
+        if should_stop():
+            raise TrainingCancelled(f"training cancelled during epoch {epoch}")
+        out = objective(indices[start:end])
+        optimizer.zero_grad(set_to_none=True)
+        out.objective.backward()
+        optimizer.step()
+        with torch.no_grad():
+            loss_sum += out.loss_sum
+            if out.correct is not None:
+                correct += out.correct
+        examples += end - start
+    return EpochSums(loss_sum=loss_sum, correct=correct, examples=examples)
+
+
+def diverged(config: TrainConfig, epoch: int, what: str, value: float) -> TrainingDiverged:
+    hints = [f"a lower learning rate (now {config.lr:g})"]
+    if config.optimizer != "sgd":
+        hints.append("plain `sgd`")
+    if config.loss_reduction == "sum":
+        hints.append(f"loss_reduction `mean` (sum multiplies the step by {config.batch_size})")
+    hints.append("another seed or init (a different initialisation)")
+    if config.weight_decay > 0:
+        hints.append(f"smaller or no weight decay (now {config.weight_decay:g})")
+    return TrainingDiverged(
+        f"training diverged at epoch {epoch}: the {what} became {value}. "
+        f"Try {', '.join(hints[:-1])} or {hints[-1]}."
+    )

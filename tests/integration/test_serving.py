@@ -1,0 +1,338 @@
+"""Serving against a live server: dynamic batching, .npy inputs, MC dropout, export parity and
+the Open Inference Protocol v2 through the official Triton client."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import statistics
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import LiveServer, wait_for_status
+from tests.integration.helpers import as_instances, png_bytes
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    state = tmp_path_factory.mktemp("serving")
+    live = LiveServer(state, f"sqlite:///{state / 'trainserve.db'}", workers=1).start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def _train(client: httpx.Client, **fields) -> int:
+    body = {"dataset": "synthetic", "epochs": 1, "seed": 1, **fields}
+    job = client.post("/jobs", json=body)
+    assert job.status_code == 201, job.text
+    done = wait_for_status(client, job.json()["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded", done["error"]
+    return int(done["id"])
+
+
+@pytest.fixture(scope="module")
+def models(client: httpx.Client) -> dict[str, int]:
+    """A LeNet with dropout 0.5 and a softmax regression (no dropout layers)."""
+    return {
+        "lenet": _train(client, model="lenet", dropout=0.5),
+        "softmax": _train(client, model="softmax"),
+    }
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _probabilities(response: httpx.Response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    return np.array([p["probabilities"] for p in response.json()["predictions"]])
+
+
+def _assert_v1_error(response: httpx.Response, status: int, field: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["status"] == status and error["message"]
+    if field is not None:
+        assert field in [f["field"] for f in error["fields"]], error
+
+
+# ---- v1 predict: inputs, determinism, MC dropout -----------------------------------------------
+
+
+def test_npy_uploads_give_the_json_answer(client: httpx.Client, models: dict[str, int]) -> None:
+    url = f"/models/{models['lenet']}/predict"
+    images = _images(3)
+    expected = client.post(url, json={"instances": as_instances(images)})
+    assert expected.status_code == 200
+    assert expected.json()["model_id"] == models["lenet"]
+    assert set(expected.json()["predictions"][0]) == {"label", "class_name", "probabilities"}
+    assert client.post(url, json={"instances": as_instances(images)}).json() == expected.json()
+    for body, content_type in [
+        (_npy(images), "application/x-npy"),
+        (_npy(images[:, None].astype(np.float32)), "application/octet-stream"),
+    ]:
+        got = client.post(url, content=body, headers={"content-type": content_type})
+        assert got.json() == expected.json()
+    files = [
+        ("files", ("a.npy", _npy(images[:2]), "application/octet-stream")),
+        ("files", ("c.png", png_bytes(images[2]), "image/png")),
+    ]
+    assert client.post(url, files=files).json() == expected.json()
+    _assert_v1_error(
+        client.post(url, content=b"\x93NUMPY junk", headers={"content-type": "application/x-npy"}),
+        422,
+        "body",
+    )
+    _assert_v1_error(
+        client.post(url, files=[("files", ("x.npy", b"not numpy", "application/x-npy"))]),
+        422,
+        "files[0]",
+    )
+
+
+def test_mc_dropout_reproducible_with_seed(client: httpx.Client, models: dict[str, int]) -> None:
+    url = f"/models/{models['lenet']}/predict"
+    instances = as_instances(_images(2, seed=3))
+    plain = client.post(url, json={"instances": instances})
+    first = client.post(url, params={"mc_dropout": 20, "seed": 5}, json={"instances": instances})
+    assert first.status_code == 200, first.text
+    again = client.post(url, json={"instances": instances, "mc_dropout": 20, "seed": 5})
+    assert again.json() == first.json()
+    for p in first.json()["predictions"]:
+        assert p["mc_dropout"] == 20 and len(p["std"]) == 10 and max(p["std"]) > 0
+        assert abs(sum(p["probabilities"]) - 1) < 1e-6
+    other = client.post(url, params={"mc_dropout": 20, "seed": 6}, json={"instances": instances})
+    assert _probabilities(other).tolist() != _probabilities(first).tolist()
+    # The deterministic path is untouched by the MC passes.
+    assert client.post(url, json={"instances": instances}).json() == plain.json()
+
+
+def test_mc_dropout_errors(client: httpx.Client, models: dict[str, int]) -> None:
+    instances = {"instances": as_instances(_images(1))}
+    softmax = f"/models/{models['softmax']}/predict"
+    _assert_v1_error(client.post(softmax, params={"mc_dropout": 5}, json=instances), 422,
+                     "mc_dropout")  # fmt: skip
+    lenet = f"/models/{models['lenet']}/predict"
+    for params in ({"mc_dropout": 0}, {"mc_dropout": 101}, {"mc_dropout": "x"}):
+        _assert_v1_error(client.post(lenet, params=params, json=instances), 422, "mc_dropout")
+    _assert_v1_error(client.post(lenet, params={"seed": -1}, json=instances), 422, "seed")
+    _assert_v1_error(client.post(lenet, json={**instances, "mc_dropout": True}), 422,
+                     "mc_dropout")  # fmt: skip
+
+
+# ---- batching ----------------------------------------------------------------------------------
+
+
+def test_concurrent_requests_are_batched(server: LiveServer, models: dict[str, int]) -> None:
+    model = models["lenet"]
+    images = _images(48, seed=9)
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        before = c.get(f"/v2/models/{model}/stats").json()
+        alone = _probabilities(
+            c.post(
+                f"/models/{model}/predict",
+                params={"batching": "false"},
+                json={"instances": as_instances(images)},
+            )  # fmt: skip
+        )
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as ac:
+            return await asyncio.gather(
+                *(
+                    ac.post(
+                        f"/models/{model}/predict",
+                        content=_npy(image),
+                        headers={"content-type": "application/x-npy"},
+                    )  # fmt: skip
+                    for image in images
+                )
+            )
+
+    responses = asyncio.run(fire())
+    batched = np.concatenate([_probabilities(r) for r in responses])
+    np.testing.assert_allclose(batched, alone, atol=1e-6)  # same answers, other batch sizes
+    after = httpx.get(f"{server.url}/v2/models/{model}/stats").json()
+    assert after["requests"] - before["requests"] >= 48
+    assert after["largest_batch"] > 1  # some forward pass served several requests
+    assert after["batches"] - before["batches"] < 48 + 1
+
+
+def test_no_wait_when_idle_and_full_queue_is_503(
+    server: LiveServer, models: dict[str, int], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A second API process on the same database: a long max delay and a one-image queue."""
+    env = {"TRAINSERVE_BATCH_MAX_DELAY_MS": "400", "TRAINSERVE_BATCH_QUEUE_SIZE": "1"}
+    tight = LiveServer(server.state_dir, server.database_url, workers=0, env=env).start()
+    try:
+        url = f"{tight.url}/models/{models['lenet']}/predict"
+        body = {"instances": as_instances(_images(1))}
+        with httpx.Client(timeout=60) as c:
+            assert c.post(url, json=body).status_code == 200  # loads the model
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                assert c.post(url, json=body).status_code == 200
+                times.append(time.perf_counter() - start)
+        assert statistics.median(times) < 0.3  # an idle model does not wait the 0.4 s delay
+
+        big = _npy(np.random.default_rng(0).integers(0, 256, (8, 512, 512), dtype=np.uint8))
+
+        async def flood() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=60) as ac:
+                return await asyncio.gather(
+                    *(
+                        ac.post(url, content=big, headers={"content-type": "application/x-npy"})
+                        for _ in range(12)
+                    )  # fmt: skip
+                )
+
+        responses = asyncio.run(flood())
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 503}, statuses
+        assert 200 in statuses and 503 in statuses, statuses
+        for r in responses:
+            if r.status_code == 503:
+                assert int(r.headers["retry-after"]) >= 1
+                assert r.json()["error"]["code"] == "overloaded"
+    finally:
+        tight.stop()
+
+
+# ---- export ------------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is deprecated
+def test_export_parity(client: httpx.Client, models: dict[str, int]) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    torch = pytest.importorskip("torch")
+    model = models["lenet"]
+    images = _images(4, seed=11)
+    expected = _probabilities(
+        client.post(f"/models/{model}/predict", json={"instances": as_instances(images)})
+    )
+    pixels = images[:, None].astype(np.float32)  # (N, 1, 28, 28), values 0-255
+
+    onnx = client.get(f"/models/{model}/export", params={"format": "onnx"})
+    assert onnx.status_code == 200 and ".onnx" in onnx.headers["content-disposition"]
+    session = ort.InferenceSession(onnx.content, providers=["CPUExecutionProvider"])
+    (got,) = session.run(["probabilities"], {"input": pixels})
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+    script = client.get(f"/models/{model}/export", params={"format": "torchscript"})
+    assert script.status_code == 200
+    module = torch.jit.load(io.BytesIO(script.content))
+    with torch.no_grad():
+        got = module(torch.from_numpy(pixels)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+    weights = client.get(f"/models/{model}/export", params={"format": "safetensors"})
+    assert weights.status_code == 200 and weights.content
+    _assert_v1_error(client.get(f"/models/{model}/export", params={"format": "pkl"}), 422,
+                     "format")  # fmt: skip
+    _assert_v1_error(client.get(f"/models/{model}/export"), 422, "format")
+    _assert_v1_error(client.get("/models/999999/export", params={"format": "onnx"}), 404)
+
+
+# ---- Open Inference Protocol v2 ----------------------------------------------------------------
+
+
+def test_v2_with_the_triton_client(
+    server: LiveServer, client: httpx.Client, models: dict[str, int]
+) -> None:
+    http = pytest.importorskip("tritonclient.http")
+    model = str(models["lenet"])
+    images = _images(3, seed=4)
+    expected = _probabilities(
+        client.post(f"/models/{model}/predict", json={"instances": as_instances(images)})
+    )
+    triton = http.InferenceServerClient(url=server.url.removeprefix("http://"))
+    try:
+        assert triton.is_server_live() and triton.is_server_ready()
+        assert triton.get_server_metadata()["name"] == "trainserve"
+        assert triton.is_model_ready(model)
+        meta = triton.get_model_metadata(model)
+        assert meta["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}
+        assert meta["outputs"][0]["shape"] == [-1, 10]
+
+        cases = [
+            (images[:, None].astype(np.float32), "FP32"),  # [N, 1, H, W]
+            (images, "UINT8"),  # [N, H, W]
+        ]
+        for array, datatype in cases:
+            tensor = http.InferInput("input", list(array.shape), datatype)
+            tensor.set_data_from_numpy(array, binary_data=False)
+            wanted = [http.InferRequestedOutput("probabilities", binary_data=False)]
+            result = triton.infer(model, [tensor], outputs=wanted, request_id="req-7")
+            got = result.as_numpy("probabilities")
+            assert got.shape == (3, 10) and got.dtype == np.float32
+            np.testing.assert_allclose(got, expected, atol=1e-6)
+            assert result.get_response()["id"] == "req-7"
+    finally:
+        triton.close()
+
+
+def test_v2_errors_and_health(client: httpx.Client, models: dict[str, int]) -> None:
+    assert client.get("/v2/health/live").status_code == 200
+    assert client.get("/v2/health/ready").status_code == 200
+    assert client.get("/v2").json()["name"] == "trainserve"
+    model = models["lenet"]
+    assert client.get(f"/v2/models/{model}/versions/1").json()["versions"] == ["1"]
+    good = {"name": "input", "shape": [1, 28, 28], "datatype": "UINT8",
+            "data": _images(1).flatten().tolist()}  # fmt: skip
+    ok = client.post(f"/v2/models/{model}/versions/1/infer", json={"inputs": [good]})
+    assert ok.status_code == 200 and "id" not in ok.json()
+    mc = client.post(f"/v2/models/{model}/infer",
+                     json={"inputs": [good], "parameters": {"mc_dropout": 5, "seed": 1}})  # fmt: skip
+    assert [o["name"] for o in mc.json()["outputs"]] == ["probabilities", "std"]
+
+    def error(response: httpx.Response, status: int) -> str:
+        assert response.status_code == status, response.text
+        body = response.json()
+        assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
+        return body["error"]
+
+    error(client.get("/v2/models/999999"), 404)
+    error(client.get("/v2/models/abc/ready"), 404)
+    error(client.post("/v2/models/999999/infer", json={"inputs": [good]}), 404)
+    error(client.get(f"/v2/models/{model}/versions/2"), 404)
+    infer = f"/v2/models/{model}/infer"
+    bad_tensors = [
+        {**good, "datatype": "INT64"},
+        {**good, "shape": [1, 3, 28, 28]},
+        {**good, "data": good["data"][:-1]},
+        {**good, "data": [300] * 784},
+        {**good, "name": "pixels"},
+    ]
+    for tensor in bad_tensors:
+        error(client.post(infer, json={"inputs": [tensor]}), 400)
+    error(client.post(infer, content=b"{oops", headers={"content-type": "application/json"}), 400)
+    error(client.post(infer, json={"inputs": []}), 400)
+    error(client.post(infer, json={"inputs": [good], "outputs": [{"name": "logits"}]}), 400)
+    softmax_infer = f"/v2/models/{models['softmax']}/infer"
+    error(client.post(softmax_infer, json={"inputs": [good], "parameters": {"mc_dropout": 3}}),
+          400)  # fmt: skip
+    # A job that has not succeeded is not ready: 400, as Triton answers for an unready model.
+    job = client.post("/jobs", json={"model": "mlp", "dataset": "synthetic", "epochs": 500,
+                                     "priority": -5}).json()  # fmt: skip
+    try:
+        error(client.get(f"/v2/models/{job['id']}/ready"), 400)
+        error(client.post(f"/v2/models/{job['id']}/infer", json={"inputs": [good]}), 400)
+    finally:
+        client.post(f"/jobs/{job['id']}/cancel")
