@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     data_dir: Path | None = None  # Fashion-MNIST IDX files; then /usr/share/datasets/fashion-mnist
 
     workers: int | None = Field(default=None, ge=0)  # default: one per GPU, else one on the CPU
+    # torch threads of each job process; default torch's own (all cores). Several CPU workers on
+    # one machine must share the cores: `serve` divides them among its CPU workers.
+    torch_threads: int | None = Field(default=None, ge=1)
     host: str = "127.0.0.1"
     port: int = 8000
 

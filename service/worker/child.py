@@ -34,6 +34,10 @@ def job_process_main(
     if os.environ.get(FAILPOINT_ENV) == "job-process-crash":
         os._exit(70)  # fault tests: a job whose process dies every time
     settings = Settings(**settings_data)
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     engine = make_engine(settings.resolved_database_url)
     try:
         outcome = execute_job(

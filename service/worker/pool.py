@@ -42,6 +42,10 @@ class WorkerPool:
         env["TRAINSERVE_ARTIFACT_DIR"] = str(self.settings.resolved_artifact_dir)
         if self.settings.data_dir is not None:
             env["TRAINSERVE_DATA_DIR"] = str(self.settings.data_dir)
+        cpu_workers = sum(d == "cpu" for d in self.devices)
+        if cpu_workers > 1 and self.settings.torch_threads is None:
+            # Oversubscribed cores make every job many times slower, not just a share slower.
+            env["TRAINSERVE_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))
         for i, device in enumerate(self.devices):
             cmd = [
                 sys.executable, "-m", "service.cli", "worker",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
 
 from service import queue
 from service.config import Settings
@@ -116,8 +117,11 @@ class Fleet:
     def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if check():
-                return
+            try:
+                if check():
+                    return
+            except OperationalError:  # the database is restarting: look again
+                self.engine.dispose()
             time.sleep(0.1)
         logs = "\n".join(f"--- {n}\n{self.log(n)[-3000:]}" for n in self.workers)
         raise AssertionError(f"timed out waiting for {what}\n{logs}")

@@ -72,11 +72,15 @@ def _restart_postgres() -> None:
     )  # fmt: skip
 
 
-@pytest.mark.slow
 def test_restart_postgres_mid_run(postgres_url: str, tmp_path: Path) -> None:
     if os.geteuid() != 0 or not Path("/etc/postgresql").exists():
         pytest.skip("restarting PostgreSQL needs root and a local cluster")
-    fleet = Fleet(postgres_url, tmp_path / "state", {"TRAINSERVE_LEASE_SECONDS": "15"})
+    # Two jobs train at once on 2 cores: one torch thread each.
+    fleet = Fleet(
+        postgres_url,
+        tmp_path / "state",
+        {"TRAINSERVE_LEASE_SECONDS": "15", "TRAINSERVE_TORCH_THREADS": "1"},
+    )
     try:
         fleet.start_worker("w1")
         fleet.start_worker("w2")
