@@ -176,6 +176,12 @@ class JobCreate(BaseModel):
         default=None, ge=1, description="Evaluate on only the first this many test examples"
     )
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first")
+    devices: int = Field(
+        default=1, ge=1, le=16,
+        description="Data-parallel processes (DistributedDataParallel): GPUs from the worker's "
+        "own on a GPU worker, CPU processes (gloo) on a CPU worker. batch_size stays the global "
+        "batch, split among them",
+    )  # fmt: skip
 
     @field_validator("model")
     @classmethod
@@ -242,6 +248,7 @@ class JobCreate(BaseModel):
             lr_min=(self.lr_min or DEFAULT_LR_MIN) if self.kind == "lr_find" else None,
             lr_max=(self.lr_max or DEFAULT_LR_MAX) if self.kind == "lr_find" else None,
             steps=(self.steps or DEFAULT_LR_STEPS) if self.kind == "lr_find" else None,
+            devices=self.devices,
         )
         lr_range = (config.lr_min, config.lr_max)
         if None not in lr_range and lr_range[0] >= lr_range[1]:  # type: ignore[operator]
@@ -285,6 +292,16 @@ class JobCreate(BaseModel):
             problems.append(("k", "only for kind 'kfold'"))
         if self.kind != "lr_find":
             problems += [(n, "only for kind 'lr_find'") for n in LR_FIND_FIELDS if n in given]
+        if self.devices > 1:
+            if self.kind != "train" or spec.task != "classification":
+                problems.append(("devices", "more than 1 only for kind 'train' of a classifier"))
+            if self.loss_reduction != "mean":
+                problems.append(("devices", "more than 1 needs loss_reduction 'mean'"))
+            if self.batch_size < self.devices:
+                problems.append(
+                    ("devices", f"batch_size {self.batch_size} cannot be split among "
+                     f"{self.devices} devices")
+                )  # fmt: skip
         return problems
 
 
@@ -339,6 +356,7 @@ class JobPublic(BaseModel):
     lr_min: float | None
     lr_max: float | None
     steps: int | None
+    devices: int
     sweep_id: int | None
     priority: int
     attempts: int

@@ -59,6 +59,8 @@ class TrainConfig:
     lr_min: float | None = None  # lr_find only: first learning rate of the range
     lr_max: float | None = None  # lr_find only: last learning rate of the range
     steps: int | None = None  # lr_find only: number of steps from lr_min to lr_max
+    # --- scale ------------------------------------------------------------------------------
+    devices: int = 1  # data-parallel processes (DistributedDataParallel); the batch is global
 
     @property
     def is_regression(self) -> bool:

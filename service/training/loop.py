@@ -31,6 +31,7 @@ from service.training.optim import make_optimizer
 from service.training.steps import (
     EpochMetrics,
     Objective,
+    Shard,
     StepOutput,
     TrainingCancelled,
     TrainingDiverged,
@@ -251,12 +252,21 @@ class Classifier:
     n_train: int
 
 
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        return DistributedDataParallel(model, device_ids=[device])
+    return DistributedDataParallel(model)
+
+
 def prepare_classifier(
     config: TrainConfig,
     train_x: torch.Tensor,
     train_y: torch.Tensor,
     num_classes: int,
     device: torch.device,
+    shard: Shard | None = None,
 ) -> Classifier:
     """Seeded model + optimizer for ``config`` on training data already on ``device``."""
     side = input_side(config)
@@ -272,11 +282,13 @@ def prepare_classifier(
     if _has_conv(model) and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     runner = _Runner(model, device, side)
+    # Data-parallel: the forward goes through DDP, which averages gradients across ranks.
+    forward: nn.Module = model if shard is None else _data_parallel(model, device)
 
     def objective(idx: torch.Tensor) -> StepOutput:
         x, y = runner.inputs(train_x[idx]), train_y[idx]
         with runner.autocast():
-            logits = model(x)
+            logits = forward(x)
             loss = F.cross_entropy(logits, y, reduction=config.loss_reduction)
         with torch.no_grad():
             batch_sum = loss.detach().float()
@@ -305,6 +317,7 @@ def train(
     on_epoch: Callable[[EpochMetrics], None] = _ignore,
     should_stop: Callable[[], bool] = _never_stop,
     checkpoint_path: Path | None = None,
+    shard: Shard | None = None,
 ) -> TrainResult:
     """Train ``config.model`` on ``config.dataset``; see the module docstring.
 
@@ -328,6 +341,7 @@ def train(
         on_epoch=on_epoch,
         should_stop=should_stop,
         checkpoint_path=checkpoint_path,
+        shard=shard,
     )
 
 
@@ -347,9 +361,11 @@ def fit(
     on_epoch: Callable[[EpochMetrics], None] = _ignore,
     should_stop: Callable[[], bool] = _never_stop,
     checkpoint_path: Path | None = None,
+    shard: Shard | None = None,
 ) -> TrainResult:
     """Train a fresh network on ``splits`` for ``config.epochs``; the test split (which may be
-    empty) is evaluated once at the end."""
+    empty) is evaluated once at the end. With a shard, this is one rank of a data-parallel run:
+    only rank 0 reports epochs and writes checkpoints."""
     _check(config)
     device = torch.device(device)
     train_x = splits.train_images.to(device)
@@ -357,7 +373,9 @@ def fit(
     val_x, val_y = splits.val_images.to(device), splits.val_labels.to(device)
 
     def fresh() -> Classifier:
-        return prepare_classifier(config, train_x, train_y, len(class_names), device)
+        return prepare_classifier(config, train_x, train_y, len(class_names), device, shard)
+
+    lead = shard is None or shard.rank == 0
 
     run = fresh()
     if run.runner.cuda:
@@ -400,6 +418,7 @@ def fit(
             device=device,
             epoch=epoch,
             should_stop=should_stop,
+            shard=shard,
         )
         train_loss = sums.loss_sum.item() / sums.examples  # the epoch's one host sync
         train_acc = sums.correct.item() / sums.examples
@@ -419,14 +438,17 @@ def fit(
             seconds=time.perf_counter() - epoch_start,
         )
         history.append(metrics)
-        if checkpoint_path is not None:
+        # Report first, checkpoint second: a crash in between redoes this epoch on resume and
+        # overwrites its row (idempotent), where the other order would skip the row for good.
+        if lead:
+            on_epoch(metrics)
+        if checkpoint_path is not None and lead:
             save_checkpoint(
                 checkpoint_path,
                 _checkpoint_state(
                     config, epoch, model, run.optimizer, run.generator, history, runner
                 ),
             )
-        on_epoch(metrics)
 
     del val_x, val_y
     test_loss, test_acc = math.nan, math.nan

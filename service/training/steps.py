@@ -97,8 +97,12 @@ def run_epoch(
     device: torch.device,
     epoch: int,
     should_stop: Callable[[], bool] = _never_stop,
+    shard: Shard | None = None,
 ) -> EpochSums:
-    """One pass of SGD steps in a freshly shuffled order, batched by config.last_batch."""
+    """One pass of SGD steps in a freshly shuffled order, batched by config.last_batch.
+
+    With a shard (data-parallel training) every rank draws the same order and steps on its
+    slice of each global batch; DDP averages the gradients, and the sums come back global."""
     model.train()
     order = torch.randperm(n_train, generator=generator)
     indices, bounds = plan_epoch(order, config.batch_size, config.last_batch, generator)
@@ -106,10 +110,12 @@ def run_epoch(
     loss_sum = torch.zeros((), device=device, dtype=torch.float32)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     examples = 0
-    for start, end in bounds:
-        if should_stop():
+    for step, (start, end) in enumerate(bounds):
+        stop = should_stop() if shard is None else shard.agree_to_stop(should_stop, step)
+        if stop:
             raise TrainingCancelled(f"training cancelled during epoch {epoch}")
-        out = objective(indices[start:end])
+        batch = indices[start:end]
+        out = objective(batch if shard is None else batch[shard.rank :: shard.world_size])
         optimizer.zero_grad(set_to_none=True)
         out.objective.backward()
         optimizer.step()
@@ -118,7 +124,35 @@ def run_epoch(
             if out.correct is not None:
                 correct += out.correct
         examples += end - start
+    if shard is not None:
+        loss_sum, correct = shard.sum(loss_sum), shard.sum(correct)
     return EpochSums(loss_sum=loss_sum, correct=correct, examples=examples)
+
+
+class Shard:
+    """This process's place in a data-parallel run (torch.distributed is initialised)."""
+
+    STOP_CHECK_EVERY = 10  # batches between agreements on stopping (each one syncs the host)
+
+    def __init__(self, rank: int, world_size: int, device: torch.device) -> None:
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return value
+
+    def agree_to_stop(self, should_stop: Callable[[], bool], step: int) -> bool:
+        """Every rank stops at the same batch, or a rank left behind would wait forever."""
+        if step % self.STOP_CHECK_EVERY:
+            return False
+        import torch.distributed as dist
+
+        flag = torch.tensor([1 if should_stop() else 0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 def diverged(config: TrainConfig, epoch: int, what: str, value: float) -> TrainingDiverged:

@@ -30,6 +30,7 @@ from service.tables import JobStatus
 from service.training.config import TrainConfig
 from service.training.data import DatasetError
 from service.training.diagnosis import diagnose_epochs
+from service.training.distributed import job_devices, train_data_parallel
 from service.training.kfold import cross_validate
 from service.training.loop import EpochMetrics, TrainingCancelled, TrainingDiverged, train
 from service.training.lr_find import find_lr
@@ -110,13 +111,24 @@ def execute_job(
             final = fitted.metrics()
             result = {**fitted.report, "diagnosis": diagnose_epochs(fitted.epochs)}
         else:
-            trained = train(
-                config,
-                data_dir=settings.data_dir,
-                on_epoch=on_epoch,
-                checkpoint_path=ckpt,
-                **common,
-            )
+            if config.devices > 1:
+                trained = train_data_parallel(
+                    config,
+                    job_devices(device, config.devices),
+                    data_dir=settings.data_dir,
+                    datasets_dir=datasets_dir,
+                    on_epoch=on_epoch,
+                    should_stop=should_stop,
+                    checkpoint_path=ckpt,
+                )
+            else:
+                trained = train(
+                    config,
+                    data_dir=settings.data_dir,
+                    on_epoch=on_epoch,
+                    checkpoint_path=ckpt,
+                    **common,
+                )
             final = trained.metrics()
             diagnosis = diagnose_epochs(trained.epochs, len(trained.class_names))
             result = {"diagnosis": diagnosis}

@@ -44,3 +44,18 @@ def test_api_and_standalone_worker_on_other_disks(
         print(f"\nscale-out: claim latency {claim_latency:.2f}s; model fetched from the shared URL")
     finally:
         fleet.stop_all()
+
+
+def test_a_job_on_two_devices_through_the_service(sqlite_url: str, start_server) -> None:
+    """devices: 2 on a CPU worker: two gloo processes, DistributedDataParallel."""
+    server = start_server(sqlite_url, workers=1)
+    client = httpx.Client(base_url=server.url, timeout=60)
+    bad = client.post("/jobs", json={"model": "mlp", "kind": "lr_find", "devices": 2})
+    assert bad.status_code == 422 and "devices" in bad.text
+    body = {"model": "mlp", "dataset": "synthetic", "epochs": 2, "batch_size": 60, "devices": 2}
+    job = client.post("/jobs", json=body).json()
+    assert job["devices"] == 2
+    job = wait_for_status(client, job["id"], {"succeeded", "failed"}, timeout=120)
+    assert job["status"] == "succeeded", job["error"]
+    assert [r["epoch"] for r in client.get(f"/jobs/{job['id']}/metrics").json()["data"]] == [1, 2]
+    assert job["test_acc"] > 0.3
