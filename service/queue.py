@@ -111,6 +111,22 @@ def _begin_write(session: Session) -> None:
     session.connection(execution_options={"sqlite_immediate": True})
 
 
+def _new_job(config: dict[str, Any], priority: int, max_attempts: int, **extra: Any) -> Job:
+    """A queued job row, not yet added to a session."""
+    return Job(
+        status=JobStatus.QUEUED.value,
+        model=config["model"],
+        kind=config.get("kind", JobKind.TRAIN.value),
+        config=config,
+        priority=priority,
+        max_attempts=max_attempts,
+        attempts=0,
+        epochs_done=0,
+        cancel_requested=False,
+        **extra,
+    )
+
+
 def submit_job(
     session: Session,
     config: dict[str, Any],
@@ -127,18 +143,7 @@ def submit_job(
         ).first()
         if existing is not None:
             return existing
-    job = Job(
-        status=JobStatus.QUEUED.value,
-        model=config["model"],
-        kind=config.get("kind", JobKind.TRAIN.value),
-        config=config,
-        priority=priority,
-        max_attempts=max_attempts,
-        idempotency_key=idempotency_key,
-        attempts=0,
-        epochs_done=0,
-        cancel_requested=False,
-    )
+    job = _new_job(config, priority, max_attempts, idempotency_key=idempotency_key)
     session.add(job)
     try:
         session.commit()
@@ -524,21 +529,7 @@ def create_sweep(
     sweep = Sweep(base=base, grid=grid)
     session.add(sweep)
     session.flush()  # the sweep's id, for its jobs
-    jobs = [
-        Job(
-            status=JobStatus.QUEUED.value,
-            model=config["model"],
-            kind=config.get("kind", JobKind.TRAIN.value),
-            config=config,
-            priority=priority,
-            max_attempts=max_attempts,
-            attempts=0,
-            epochs_done=0,
-            cancel_requested=False,
-            sweep_id=sweep.id,
-        )
-        for config in configs
-    ]
+    jobs = [_new_job(config, priority, max_attempts, sweep_id=sweep.id) for config in configs]
     session.add_all(jobs)
     session.commit()
     return sweep, jobs

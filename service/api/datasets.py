@@ -11,9 +11,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as StarletteRequest
 
 from service import dataset_uploads, datasets_store
+from service.api.bodies import read_limited
 from service.dataset_uploads import FORMATS, ParsedDataset, UploadError
 from service.db import SessionDep
-from service.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from service.errors import InvalidRequest, NotFound, UnsupportedMediaType
 from service.schemas import DatasetPublic, DatasetsPublic, ErrorResponse
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -49,20 +50,6 @@ UPLOAD_BODY = {
         "required": True,
     }
 }
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The body, refused as soon as it passes the limit (chunked uploads too)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the upload is {declared} bytes; the limit is {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the upload is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _form_fields(request: Request, body: bytes) -> tuple[dict[str, bytes], dict[str, str]]:
@@ -147,7 +134,7 @@ async def upload_dataset(request: Request, session: SessionDep) -> DatasetPublic
             f"content type {content_type!r} is not accepted; send multipart/form-data with "
             "'file' (npz, zip or csv) or 'images' + 'labels' (IDX)"
         )
-    body = await _read_limited(request, settings.max_dataset_bytes)
+    body = await read_limited(request, settings.max_dataset_bytes)
     files, texts = await _form_fields(request, body)
     try:
         parsed = await run_in_threadpool(_parse, files, texts, settings.max_dataset_bytes)

@@ -16,6 +16,7 @@ from starlette.datastructures import QueryParams, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import queue
+from service.api.bodies import read_limited
 from service.api.params import ModelId
 from service.db import SessionDep
 from service.errors import (
@@ -293,7 +294,7 @@ async def predict(model_id: ModelId, request: Request) -> JSONResponse:
         if content_type == "multipart/form-data":
             images = await _images_from_files(request, max_instances)
         elif content_type in ("application/json", ""):
-            body = await _read_limited(request, settings.max_upload_bytes)
+            body = await read_limited(request, settings.max_upload_bytes)
             try:
                 payload = json.loads(body)
             except ValueError as exc:
@@ -305,7 +306,7 @@ async def predict(model_id: ModelId, request: Request) -> JSONResponse:
             if seed is None:
                 seed = _body_int(payload, "seed", 0, SEED_MAX)
         elif content_type in NPY_TYPES:
-            body = await _read_limited(request, settings.max_upload_bytes)
+            body = await read_limited(request, settings.max_upload_bytes)
             images = list(decode_npy(body, "body", max_images=max_instances))
         else:
             raise UnsupportedMediaType(
@@ -352,17 +353,6 @@ async def _predict_mc(
         prediction["std"] = row
         prediction["mc_dropout"] = passes
     return JSONResponse({"model_id": loaded.job_id, "predictions": predictions, "seed": seed})
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """Read the body, stopping as soon as it passes the limit (chunked uploads too)."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 EXPORT_FILES = {

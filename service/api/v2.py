@@ -22,7 +22,8 @@ from fastapi.routing import APIRoute
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.trained_models import _read_limited, ensure_succeeded, servable_model
+from service.api.bodies import read_limited
+from service.api.trained_models import ensure_succeeded, servable_model
 from service.artifacts import read_description
 from service.errors import ApiError, Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from service.inference import (
@@ -205,7 +206,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> JSON
         raise PayloadTooLarge(
             f"the body is {declared} bytes; the limit is {settings.max_upload_bytes} bytes"
         )
-    body = await _read_limited(request, settings.max_upload_bytes)
+    body = await read_limited(request, settings.max_upload_bytes)
     try:
         payload = json.loads(body)
     except ValueError as exc:
