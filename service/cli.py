@@ -41,7 +41,10 @@ def _serve(args: argparse.Namespace) -> int:
         log = logging.getLogger("trainserve")
         log.info("database %s", settings.resolved_database_url)
         log.info("artifacts %s", settings.resolved_artifact_dir)
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+        # The pool stops in the app's shutdown: uvicorn re-raises SIGTERM/SIGINT after a
+        # graceful shutdown, so code after uvicorn.run may never run.
+        app = create_app(settings, on_shutdown=pool.stop)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     finally:
         pool.stop()
     return 0

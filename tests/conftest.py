@@ -124,7 +124,7 @@ class LiveServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited early; log:\n{self.log()}")
+                raise RuntimeError(f"server exited early; log:\n{self.log()[-5000:]}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return self
@@ -132,7 +132,7 @@ class LiveServer:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"server did not become healthy; log:\n{self.log()}")
+        raise RuntimeError(f"server did not become healthy; log:\n{self.log()[-5000:]}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> None:
         if self.process is None:
@@ -148,7 +148,7 @@ class LiveServer:
 
     def log(self) -> str:
         path = self.state_dir / "serve.log"
-        return path.read_text(errors="replace")[-5000:] if path.exists() else ""
+        return path.read_text(errors="replace") if path.exists() else ""
 
 
 @pytest.fixture

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
 from fastapi import FastAPI
 
 from service.api import catalog, datasets, health, jobs, sweeps, trained_models, v2
@@ -16,9 +20,21 @@ MLP, LeNet, AlexNet, VGG, NiN) on Fashion-MNIST, follow their curves, and call t
 models over HTTP with dropout off. Every 4xx has the body `{"error": {...}}` documented below."""
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, on_shutdown: Callable[[], None] | None = None
+) -> FastAPI:
+    """The app; `on_shutdown` (blocking, run in a thread) runs when the server stops gracefully,
+    before the process exits: `serve` stops its worker pool there."""
     settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if on_shutdown is not None:
+            await anyio.to_thread.run_sync(on_shutdown)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="trainserve",
         version="0.1.0",
         description=DESCRIPTION,
