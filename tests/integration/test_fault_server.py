@@ -111,7 +111,17 @@ async def _submit_concurrently(url: str, bodies: list[tuple[dict, str]]) -> list
 
         async def post(body: dict, key: str) -> httpx.Response:
             async with semaphore:
-                return await client.post("/jobs", json=body, headers={"Idempotency-Key": key})
+                for attempt in range(3):
+                    try:
+                        return await client.post(
+                            "/jobs", json=body, headers={"Idempotency-Key": key}
+                        )
+                    except httpx.TransportError:
+                        # A kept-alive connection the server closed as we reused it: retrying
+                        # with the same key is what the key is for (exactly once either way).
+                        if attempt == 2:
+                            raise
+                raise AssertionError("unreachable")
 
         return await asyncio.gather(*(post(b, k) for b, k in bodies))
 
