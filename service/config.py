@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     data_dir: Path | None = None  # Fashion-MNIST IDX files; then /usr/share/datasets/fashion-mnist
 
     workers: int | None = Field(default=None, ge=0)  # default: one per GPU, else one on the CPU
+    slots_per_gpu: int = Field(default=1, ge=1)  # default workers per GPU (jobs sharing a GPU)
     # torch threads of each job process; default torch's own (all cores). Several CPU workers on
     # one machine must share the cores: `serve` divides them among its CPU workers.
     torch_threads: int | None = Field(default=None, ge=1)

@@ -9,19 +9,27 @@ import subprocess
 import sys
 import time
 
-from service.config import Settings
+from service.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 30.0  # a worker needs at most one batch to requeue its job
 
 
-def default_worker_devices(count: int | None) -> list[str]:
-    """One worker per GPU, else one on the CPU; `count` overrides (round-robin over GPUs)."""
+def default_worker_devices(count: int | None, slots_per_gpu: int | None = None) -> list[str]:
+    """`slots_per_gpu` workers per GPU (cuda:0, cuda:0, cuda:1, cuda:1, ...), else one on the
+    CPU; `count` overrides (round-robin over the GPUs). `slots_per_gpu` None: the setting
+    TRAINSERVE_SLOTS_PER_GPU (default 1)."""
     import torch
 
+    if slots_per_gpu is None:
+        slots_per_gpu = get_settings().slots_per_gpu
+    if slots_per_gpu < 1:
+        raise ValueError(f"slots_per_gpu must be at least 1, got {slots_per_gpu}")
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     devices = [f"cuda:{i}" for i in range(gpus)] or ["cpu"]
     if count is None:
+        if gpus:
+            return [d for d in devices for _ in range(slots_per_gpu)]
         return devices
     return [devices[i % len(devices)] for i in range(count)]
 
