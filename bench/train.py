@@ -44,7 +44,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-from train_loop import Accumulator, IdxImages, accuracy, evaluate_accuracy  # noqa: E402
+from train_loop import IdxImages, course_epochs  # noqa: E402
 
 import models  # noqa: E402
 from service.training.config import TrainConfig  # noqa: E402
@@ -108,29 +108,12 @@ def run_reference(model_name, data, side, batch_size, lr, dropout, epochs, devic
     test_iter = DataLoader(
         IdxImages(test_images, test_labels, side), batch_size=batch_size, num_workers=4
     )
-    train_s, seen, test_acc = 0.0, 0, float("nan")
-    for _ in range(epochs):
-        metric = Accumulator(3)
-        net.train()
-        start = time.perf_counter()
-        for x, y in train_iter:
-            x, y = x.to(device), y.to(device)
-            optimizer.zero_grad()
-            y_hat = net(x)
-            loss = loss_fn(y_hat, y)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                metric.add(float(loss) * x.shape[0], accuracy(y_hat, y), x.shape[0])
-        _sync(device)
-        train_s += time.perf_counter() - start
-        seen += int(metric[2])
-        test_acc = evaluate_accuracy(net, test_iter, device)
+    run = course_epochs(net, optimizer, loss_fn, train_iter, test_iter, epochs, device)
     return {
-        "ex_per_s": seen / train_s,
-        "train_s": train_s,
+        "ex_per_s": run.examples / run.train_seconds,
+        "train_s": run.train_seconds,
         "peak_bytes": _peak_bytes(device),
-        "test_acc": test_acc,
+        "test_acc": run.test_acc,
     }
 
 

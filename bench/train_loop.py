@@ -20,6 +20,7 @@ import argparse
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -80,21 +81,26 @@ def evaluate_accuracy(net: nn.Module, loader: DataLoader, device: torch.device) 
     return metric[0] / metric[1]
 
 
-def reference_loop(args, images, labels, test_images, test_labels, side, device) -> dict:
-    """d2l `train_ch6`, timed over whole epochs (the course's timer skips loader waits)."""
-    torch.manual_seed(0)
-    net = models.build(args.model, input_side=side).to(device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=args.lr)
-    loss_fn = nn.CrossEntropyLoss()
-    train_iter = DataLoader(
-        IdxImages(images, labels, side), batch_size=args.batch_size, shuffle=True, num_workers=4
-    )
-    test_iter = DataLoader(
-        IdxImages(test_images, test_labels, side), batch_size=args.batch_size, num_workers=4
-    )
-    train_seconds, n_seen = 0.0, 0
-    wall = time.perf_counter()
-    for _ in range(args.epochs):
+@dataclass
+class CourseRun:
+    examples: int  # training examples seen, all epochs together
+    train_seconds: float  # training time, loader waits included, evaluation excluded
+    last_train_loss: float
+    test_acc: float
+
+
+def course_epochs(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    train_iter: DataLoader,
+    test_iter: DataLoader,
+    epochs: int,
+    device: torch.device,
+) -> CourseRun:
+    """The epochs of d2l `train_ch6`: per-batch host syncs for the metrics, test after each."""
+    seconds, seen, test_acc, metric = 0.0, 0, float("nan"), Accumulator(3)
+    for _ in range(epochs):
         metric = Accumulator(3)
         net.train()
         start = time.perf_counter()
@@ -107,16 +113,35 @@ def reference_loop(args, images, labels, test_images, test_labels, side, device)
             optimizer.step()
             with torch.no_grad():
                 metric.add(float(loss) * x.shape[0], accuracy(y_hat, y), x.shape[0])
-        train_seconds += time.perf_counter() - start
-        n_seen += int(metric[2])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds += time.perf_counter() - start
+        seen += int(metric[2])
         test_acc = evaluate_accuracy(net, test_iter, device)
+    return CourseRun(seen, seconds, metric[0] / max(metric[2], 1), test_acc)
+
+
+def reference_loop(args, images, labels, test_images, test_labels, side, device) -> dict:
+    """d2l `train_ch6`, timed over whole epochs (the course's timer skips loader waits)."""
+    torch.manual_seed(0)
+    net = models.build(args.model, input_side=side).to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=args.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    train_iter = DataLoader(
+        IdxImages(images, labels, side), batch_size=args.batch_size, shuffle=True, num_workers=4
+    )
+    test_iter = DataLoader(
+        IdxImages(test_images, test_labels, side), batch_size=args.batch_size, num_workers=4
+    )
+    wall = time.perf_counter()
+    run = course_epochs(net, optimizer, loss_fn, train_iter, test_iter, args.epochs, device)
     return {
-        "examples": n_seen // args.epochs,
-        "train_s": train_seconds,
-        "ex_per_s": n_seen / train_seconds,
+        "examples": run.examples // args.epochs,
+        "train_s": run.train_seconds,
+        "ex_per_s": run.examples / run.train_seconds,
         "wall_s": time.perf_counter() - wall,
-        "train_loss": metric[0] / metric[2],
-        "test_acc": test_acc,
+        "train_loss": run.last_train_loss,
+        "test_acc": run.test_acc,
     }
 
 
