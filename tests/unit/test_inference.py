@@ -11,9 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-import models
 from service import artifacts
-from service.artifacts import ModelDescription, save_trained_model
 from service.inference import (
     InvalidInput,
     LoadedModel,
@@ -23,6 +21,7 @@ from service.inference import (
     decode_image,
     parse_instances,
 )
+from tests.unit.saved_models import save_model
 
 CLASS_NAMES = [
     "t-shirt",
@@ -39,18 +38,7 @@ CLASS_NAMES = [
 
 
 def _save(artifact_dir: Path, job_id: int, name: str = "softmax", **kwargs) -> None:
-    torch.manual_seed(job_id)
-    model = models.build(name, **kwargs)
-    description = ModelDescription(
-        job_id=job_id,
-        model=name,
-        model_kwargs=dict(kwargs),
-        input_side=models.get_spec(name).input_side,
-        class_names=list(CLASS_NAMES),
-        config={"model": name},
-        metrics={},
-    )
-    save_trained_model(artifact_dir, description, model)
+    save_model(artifact_dir, job_id, name, CLASS_NAMES, **kwargs)
 
 
 def _png(array: np.ndarray, mode: str | None = None) -> bytes:

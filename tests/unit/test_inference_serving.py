@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import models
-from service.artifacts import ModelDescription, save_trained_model
 from service.inference import (
     Batcher,
     InvalidInput,
@@ -25,23 +24,13 @@ from service.inference import (
     tensor_pixels,
 )
 from service.inference.export import export_model
+from tests.unit.saved_models import save_model
 
 CLASSES = [f"class {k}" for k in range(10)]
 
 
 def _save(artifact_dir: Path, job_id: int, name: str, **kwargs) -> None:
-    torch.manual_seed(job_id)
-    model = models.build(name, **kwargs)
-    description = ModelDescription(
-        job_id=job_id,
-        model=name,
-        model_kwargs=dict(kwargs),
-        input_side=models.get_spec(name).input_side,
-        class_names=list(CLASSES),
-        config={"model": name},
-        metrics={},
-    )
-    save_trained_model(artifact_dir, description, model)
+    save_model(artifact_dir, job_id, name, CLASSES, **kwargs)
 
 
 @pytest.fixture(scope="module")
