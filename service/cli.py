@@ -35,7 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
         update={k: v for k, v in overrides.items() if v is not None}
     )
     migrate(settings)
-    pool = WorkerPool(settings, default_worker_devices(settings.workers))
+    pool = WorkerPool(settings, default_worker_devices(settings.workers, settings.slots_per_gpu))
     pool.start()
     try:
         log = logging.getLogger("trainserve")
