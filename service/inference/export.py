@@ -4,12 +4,16 @@ The exported graph takes ``input``: float32 (N, 1, side, side) pixel values 0-25
 model's input side; resize first, as ``models.to_model_input`` does) and gives
 ``probabilities``: float32 (N, num_classes), softmax of the network with dropout off. The
 batch axis is dynamic. That is the tensor contract of ``/v2/models/{id}/infer`` too.
-Files are written once per job next to its weights (``jobs/<id>/export/``) and reused.
+Files are written once per job next to its weights (``jobs/<id>/export/``) and reused; where
+the artifact directory is read-only (a shared volume mounted so), they go to a private temp
+directory of this process instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -27,6 +31,7 @@ ONNX_OPSET = 17
 
 _locks: dict[tuple[int, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
+_fallback_root: Path | None = None
 
 
 class ServedNetwork(torch.nn.Module):
@@ -55,11 +60,29 @@ def export_model(artifact_dir: Path, loaded: LoadedModel, fmt: str) -> Path:
     path = export_path(artifact_dir, loaded.job_id, fmt)
     if fmt == "safetensors" or path.is_file():
         return path
+    fallback = _fallback_path(artifact_dir, loaded.job_id, fmt)
     with _lock_for(loaded.job_id, fmt):
-        if not path.is_file():  # another request may have written it meanwhile
-            data = to_onnx(loaded) if fmt == "onnx" else to_torchscript(loaded)
+        if path.is_file():  # another request may have written it meanwhile
+            return path
+        if fallback.is_file():
+            return fallback
+        data = to_onnx(loaded) if fmt == "onnx" else to_torchscript(loaded)
+        try:
             artifacts.atomic_write_bytes(path, data)
+        except OSError:  # read-only or full artifact directory: serve from our own temp dir
+            artifacts.atomic_write_bytes(fallback, data)
+            return fallback
     return path
+
+
+def _fallback_path(artifact_dir: Path, job_id: int, fmt: str) -> Path:
+    """A place in this process's temp directory, keyed by artifact directory and job."""
+    global _fallback_root
+    with _locks_guard:
+        if _fallback_root is None:
+            _fallback_root = Path(tempfile.mkdtemp(prefix="trainserve-export-"))
+    key = hashlib.sha256(str(artifact_dir.resolve()).encode()).hexdigest()[:16]
+    return _fallback_root / key / str(job_id) / FILE_NAMES[fmt]
 
 
 def _lock_for(job_id: int, fmt: str) -> threading.Lock:

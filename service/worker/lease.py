@@ -55,7 +55,9 @@ class LeaseKeeper(threading.Thread):
                 log.warning("job %s: heartbeat failed; will retry", self.job_id, exc_info=True)
                 continue
             if not state.lease_held:
-                log.warning("job %s: lease lost; stopping without writing", self.job_id)
+                # Also what a job that has just finished looks like (its process cleared the
+                # lease), so the worker, which knows how the process ended, does the logging.
+                log.debug("job %s: lease no longer held", self.job_id)
                 self.lost.set()
                 return
             if state.cancel_requested:

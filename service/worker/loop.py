@@ -139,7 +139,10 @@ class Worker:
     def _settle(self, claimed: queue.ClaimedJob, exitcode: int | None, keeper: LeaseKeeper) -> None:
         """Write what the job process could not: cancelled, requeued, or crashed."""
         job_id, token = claimed.id, claimed.token
-        if exitcode in (Outcome.FINISHED, Outcome.LEASE_LOST) or keeper.lost.is_set():
+        if exitcode == Outcome.FINISHED:
+            return
+        if exitcode == Outcome.LEASE_LOST or keeper.lost.is_set():
+            log.warning("job %s: lease lost; its process stopped without writing", job_id)
             return
         ckpt = checkpoint_path(self.artifact_dir, job_id)
         if keeper.cancelled.is_set():

@@ -297,7 +297,10 @@ def test_predictions_are_deterministic_with_dropout(cache: ModelCache) -> None:
     first = loaded.predict(images)
     second = loaded.predict(images)
     assert first == second  # exact equality
-    assert first[0] == first[4]  # the same image in one batch gives the same output
+    # The same image twice in one batch: the same output, up to float rounding (a GEMM may
+    # block row 4 differently from row 0; seen at 1e-7 in CI). Dropout would move it by ~0.1.
+    assert first[0].label == first[4].label
+    assert first[0].probabilities == pytest.approx(first[4].probabilities, abs=1e-5)
     loaded.model.train()  # even if someone flips the mode, prediction turns dropout off
     assert loaded.predict(images) == first
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import models
+from service import artifacts
 from service.inference import (
     Batcher,
     InvalidInput,
@@ -315,3 +316,23 @@ def test_export_parity_onnx_and_torchscript(
 
     weights = export_model(artifact_dir, loaded, "safetensors")
     assert weights.name == "model.safetensors"
+
+
+def test_export_from_a_read_only_artifact_dir(
+    cache: ModelCache, artifact_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only artifact volume still exports: the file goes to a temp dir, once."""
+    real_write = artifacts.atomic_write_bytes
+    written: list[Path] = []
+
+    def read_only_artifacts(path: Path, data: bytes) -> None:
+        if path.resolve().is_relative_to(artifact_dir.resolve()):
+            raise OSError(30, "Read-only file system", str(path))
+        written.append(path)
+        real_write(path, data)
+
+    monkeypatch.setattr(artifacts, "atomic_write_bytes", read_only_artifacts)
+    loaded = cache.get(3)  # not exported by the tests above (the directory is module-wide)
+    path = export_model(artifact_dir, loaded, "torchscript")
+    assert not path.resolve().is_relative_to(artifact_dir.resolve()) and path.stat().st_size > 0
+    assert export_model(artifact_dir, loaded, "torchscript") == path and written == [path]
