@@ -382,7 +382,7 @@ def _numeric(row: list[str]) -> bool:
 
 def sniff_format(raw: bytes) -> str:
     """npz | zip | csv from the first bytes (an IDX upload comes as two files instead)."""
-    if raw[:4] == b"PK\x03\x04":
+    if raw[:2] == b"PK":  # any zip signature; a broken archive then says so, not "bad CSV"
         try:
             with zipfile.ZipFile(io.BytesIO(raw)) as archive:
                 names = archive.namelist()

@@ -569,8 +569,8 @@ class SweepCreate(BaseModel):
     grid: dict[str, list[Any]] = Field(
         min_length=1,
         description='JobCreate field -> the values to try, e.g. {"weight_decay": [0, 1e-4], '
-        f'"dropout": [0, 0.5]}}; at most {MAX_SWEEP_POINTS} points in all. Without a seed '
-        "in base or grid, every point gets the same drawn seed",
+        f'"dropout": [0, 0.5]}} (distinct values); at most {MAX_SWEEP_POINTS} points in all. '
+        "Without a seed in base or grid, every point gets the same drawn seed",
     )
 
 

@@ -38,6 +38,14 @@ def _points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
+def _first_repeat(values: list[Any]) -> int | None:
+    """The index of the first value met a second time (1 and 1.0 count as one), else None."""
+    for i, value in enumerate(values):
+        if value in values[:i]:  # a list scan: grid values may be unhashable (nested JSON)
+            return i
+    return None
+
+
 def _field_of(loc: tuple[Any, ...], grid: dict[str, list[Any]]) -> str:
     name = str(loc[0]) if loc else "base"
     return f"grid.{name}" if name in grid else f"base.{name}"
@@ -51,6 +59,11 @@ def _resolve_points(body: SweepCreate, session: Any) -> list[TrainConfig]:
             problems.append((f"grid.{key}", "also given in base; give it in one place"))
         if not values:
             problems.append((f"grid.{key}", "needs at least one value"))
+        repeat = _first_repeat(values)
+        if repeat is not None:
+            problems.append(
+                (f"grid.{key}", f"{values[repeat]!r} is given twice (points would repeat)")
+            )
         if key == "priority":
             problems.append(("grid.priority", "a sweep's jobs share the base's priority"))
     count = math.prod(len(v) for v in body.grid.values())

@@ -158,6 +158,7 @@ BAD_SWEEPS = [
     ({"base": {"model": "softmax"},
       "grid": {"lr": [0.1 * i for i in range(1, 20)], "seed": list(range(20))}}, "grid"),
     ({"base": {"model": "softmax"}, "grid": {"priority": [1, 2]}}, "grid.priority"),
+    ({"base": {"model": "softmax"}, "grid": {"weight_decay": [0, 1e-3, 0.0]}}, "grid.weight_decay"),
 ]  # fmt: skip
 
 

@@ -172,3 +172,5 @@ def test_sniff_format() -> None:
     assert sniff_format(npz_bytes(images=np.zeros(1), labels=np.zeros(1))) == "npz"
     assert sniff_format(zip_bytes({"a/b.png": png(1)})) == "zip"
     assert sniff_format(b"1,2,3\n") == "csv"
+    assert sniff_format(b"PK broken archive") == "zip"  # then "not a zip archive", not a CSV error
+    refused("file", "not a zip archive", parse_zip_folders, b"PK broken archive", LIMIT)
