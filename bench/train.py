@@ -6,8 +6,8 @@ For each model, in one process on one device:
     (ToTensor, and for the 224-px nets a per-item Resize on the CPU), `DataLoader(shuffle=True,
     num_workers=4)`, fp32, per-batch host syncs for the metrics (`float(loss)`, `.item()`);
 (b) project — `service.training.loop.train` with the same model, initialisation, SGD lr,
-    dropout and epochs (uint8 data on the device, channels_last for the conv nets, bf16 autocast on CUDA,
-    metrics read once per epoch).
+    dropout and epochs (uint8 data on the device, channels_last for the conv nets, bf16
+    autocast on CUDA, metrics read once per epoch).
 
 Printed per model: examples/s of each (training time only; the reference's loader waits count,
 test evaluation does not), project/reference, MFU (model FLOPs per example — forward+backward
