@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, status
+from fastapi import APIRouter, Path, Request, status
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -12,6 +12,7 @@ from starlette.requests import Request as StarletteRequest
 
 from service import dataset_uploads, datasets_store
 from service.api.bodies import read_limited
+from service.api.params import Limit, Offset
 from service.dataset_uploads import FORMATS, ParsedDataset, UploadError
 from service.db import SessionDep
 from service.errors import InvalidRequest, NotFound, UnsupportedMediaType
@@ -153,8 +154,8 @@ async def upload_dataset(request: Request, session: SessionDep) -> DatasetPublic
 @router.get("", response_model=DatasetsPublic)
 def list_datasets(
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> DatasetsPublic:
     """Uploaded datasets, newest first."""
     rows, count = datasets_store.list_datasets(session, limit=limit, offset=offset)

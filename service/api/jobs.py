@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, status
+from fastapi import APIRouter, Header, Request, status
 
 from service import datasets_store, queue
-from service.api.params import JobId
+from service.api.params import JobId, Limit, Offset
 from service.db import SessionDep
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.schemas import (
@@ -49,8 +49,8 @@ def submit_job(
 def list_jobs(
     session: SessionDep,
     status: JobStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> JobsPublic:
     """Jobs, newest first."""
     jobs, count = queue.list_jobs(

@@ -7,10 +7,11 @@ import math
 import random
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, status
+from fastapi import APIRouter, Path, Request, status
 from pydantic import ValidationError
 
 from service import datasets_store, queue
+from service.api.params import Limit, Offset
 from service.db import SessionDep
 from service.errors import InvalidRequest, NotFound
 from service.schemas import (
@@ -158,8 +159,8 @@ def _finite(value: float | None) -> float | None:
 @router.get("", response_model=SweepsPublic)
 def list_sweeps(
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> SweepsPublic:
     """Sweeps, newest first, with how many of their jobs are in each status."""
     sweeps, count = queue.list_sweeps(session, limit=limit, offset=offset)

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import queue
 from service.api.bodies import read_limited
-from service.api.params import ModelId
+from service.api.params import Limit, ModelId, Offset
 from service.db import SessionDep
 from service.errors import (
     ApiError,
@@ -137,8 +137,8 @@ def _trained_job(session: Session, model_id: int) -> Job:
 def list_models(
     request: Request,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> ModelsPublic:
     """Trained models, newest first."""
     cache = request.app.state.model_cache
