@@ -312,7 +312,8 @@ def _utc(value: datetime | None) -> datetime | None:
     return value
 
 
-def _finite(value: float | None) -> float | None:
+def finite_or_none(value: float | None) -> float | None:
+    """NaN and infinities (a regression's accuracy, an unfinished run) become null."""
     return value if value is None or math.isfinite(value) else None
 
 
@@ -409,12 +410,12 @@ class JobPublic(BaseModel):
             finished_at=job.finished_at,
             epochs_done=job.epochs_done,
             error=job.error,
-            train_loss=_finite(job.train_loss),
-            train_acc=_finite(job.train_acc),
-            val_loss=_finite(job.val_loss),
-            val_acc=_finite(job.val_acc),
-            test_loss=_finite(job.test_loss),
-            test_acc=_finite(job.test_acc),
+            train_loss=finite_or_none(job.train_loss),
+            train_acc=finite_or_none(job.train_acc),
+            val_loss=finite_or_none(job.val_loss),
+            val_acc=finite_or_none(job.val_acc),
+            test_loss=finite_or_none(job.test_loss),
+            test_acc=finite_or_none(job.test_acc),
         )
 
 
@@ -437,7 +438,7 @@ class EpochMetricPublic(BaseModel):
         return cls(
             epoch=row.epoch,
             **{
-                k: _finite(getattr(row, k))
+                k: finite_or_none(getattr(row, k))
                 for k in (
                     "train_loss",
                     "train_acc",
@@ -486,10 +487,10 @@ class ModelPublic(BaseModel):
             dataset=config.dataset,
             input_side=config.resize or models.get_spec(config.model).input_side,
             config=config.to_dict(),
-            train_acc=_finite(job.train_acc),
-            val_acc=_finite(job.val_acc),
-            test_loss=_finite(job.test_loss),
-            test_acc=_finite(job.test_acc),
+            train_acc=finite_or_none(job.train_acc),
+            val_acc=finite_or_none(job.val_acc),
+            test_loss=finite_or_none(job.test_loss),
+            test_acc=finite_or_none(job.test_acc),
             finished_at=job.finished_at,
             loaded=loaded,
         )

@@ -23,6 +23,7 @@ from service.schemas import (
     SweepPublic,
     SweepsPublic,
     SweepSummaryPublic,
+    finite_or_none,
 )
 from service.tables import Job, JobStatus
 from service.training.config import TrainConfig
@@ -143,17 +144,13 @@ def _sweep_public(session: Any, sweep_id: int) -> SweepPublic:
                 job_id=job.id,
                 status=JobStatus(job.status),
                 params={key: job.config.get(key) for key in sweep.grid},
-                val_acc=_finite(job.val_acc),
-                val_loss=_finite(job.val_loss),
-                test_acc=_finite(job.test_acc),
+                val_acc=finite_or_none(job.val_acc),
+                val_loss=finite_or_none(job.val_loss),
+                test_acc=finite_or_none(job.test_acc),
             )
             for job in ranked
         ],
     )
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 @router.get("", response_model=SweepsPublic)
