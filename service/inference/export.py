@@ -60,26 +60,30 @@ def export_model(artifact_dir: Path, loaded: LoadedModel, fmt: str) -> Path:
     path = export_path(artifact_dir, loaded.job_id, fmt)
     if fmt == "safetensors" or path.is_file():
         return path
-    fallback = _fallback_path(artifact_dir, loaded.job_id, fmt)
     with _lock_for(loaded.job_id, fmt):
         if path.is_file():  # another request may have written it meanwhile
             return path
-        if fallback.is_file():
+        fallback = _fallback_path(artifact_dir, loaded.job_id, fmt, create=False)
+        if fallback is not None and fallback.is_file():
             return fallback
         data = to_onnx(loaded) if fmt == "onnx" else to_torchscript(loaded)
         try:
             artifacts.atomic_write_bytes(path, data)
         except OSError:  # read-only or full artifact directory: serve from our own temp dir
+            fallback = _fallback_path(artifact_dir, loaded.job_id, fmt, create=True)
             artifacts.atomic_write_bytes(fallback, data)
             return fallback
     return path
 
 
-def _fallback_path(artifact_dir: Path, job_id: int, fmt: str) -> Path:
-    """A place in this process's temp directory, keyed by artifact directory and job."""
+def _fallback_path(artifact_dir: Path, job_id: int, fmt: str, *, create: bool) -> Path | None:
+    """A place in this process's temp directory, keyed by artifact directory and job; the
+    directory is made only when a write needs it (None before that unless ``create``)."""
     global _fallback_root
     with _locks_guard:
         if _fallback_root is None:
+            if not create:
+                return None
             _fallback_root = Path(tempfile.mkdtemp(prefix="trainserve-export-"))
     key = hashlib.sha256(str(artifact_dir.resolve()).encode()).hexdigest()[:16]
     return _fallback_root / key / str(job_id) / FILE_NAMES[fmt]
