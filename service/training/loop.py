@@ -27,8 +27,10 @@ from torch import nn
 import models
 from service.training.config import DEFAULT_INIT_STD, TrainConfig
 from service.training.data import Splits, load_dataset, make_splits
+from service.training.graphed import GraphedSteps, cuda_graphs_enabled
 from service.training.optim import make_optimizer
 from service.training.steps import (
+    EagerSteps,
     EpochMetrics,
     Objective,
     Shard,
@@ -130,7 +132,9 @@ class _Runner:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.cuda:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            # No weight-cast cache: CUDA graph capture needs it off, and a training step uses
+            # each weight once anyway.
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
 
     def inputs(self, images_uint8: torch.Tensor) -> torch.Tensor:
@@ -252,6 +256,13 @@ class Classifier:
     runner: _Runner
     model_kwargs: dict[str, Any]
     n_train: int
+    graphs: bool  # replay each full batch's step as a CUDA graph (``graphed``)
+
+    def steps(self, batch_size: int) -> EagerSteps:
+        """The step runner for every epoch of this run."""
+        if self.graphs:
+            return GraphedSteps(self.objective, self.optimizer, self.runner.device, batch_size)
+        return EagerSteps(self.objective, self.optimizer, self.runner.device)
 
 
 def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
@@ -286,6 +297,7 @@ def prepare_classifier(
     runner = _Runner(model, device, side)
     # Data-parallel: the forward goes through DDP, which averages gradients across ranks.
     forward: nn.Module = model if shard is None else _data_parallel(model, device)
+    graphs = shard is None and cuda_graphs_enabled(device, config.model, side)
 
     def objective(idx: torch.Tensor) -> StepOutput:
         x, y = runner.inputs(train_x[idx]), train_y[idx]
@@ -301,12 +313,13 @@ def prepare_classifier(
 
     return Classifier(
         model=model,
-        optimizer=make_optimizer(model, config),
+        optimizer=make_optimizer(model, config, capturable=graphs),
         generator=shuffling_generator(config),
         objective=objective,
         runner=runner,
         model_kwargs=model_kwargs,
         n_train=len(train_y),
+        graphs=graphs,
     )
 
 
@@ -405,6 +418,7 @@ def fit(
                 history, start_epoch = [], 1
 
     model, runner = run.model, run.runner
+    steps = run.steps(config.batch_size)
     eval_batch = max(config.batch_size, EVAL_BATCH_MIN)
     for epoch in range(start_epoch, config.epochs + 1):
         if should_stop():
@@ -421,6 +435,7 @@ def fit(
             epoch=epoch,
             should_stop=should_stop,
             shard=shard,
+            steps=steps,
         )
         train_loss = sums.loss_sum.item() / sums.examples  # the epoch's one host sync
         train_acc = sums.correct.item() / sums.examples

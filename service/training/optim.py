@@ -34,14 +34,18 @@ def param_groups(model: nn.Module, weight_decay: float, decay_bias: bool = False
     return [g for g in groups if g["params"]]
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, config: TrainConfig, capturable: bool = False
+) -> torch.optim.Optimizer:
+    """``capturable``: the step may be captured in a CUDA graph (Adam then keeps its step count
+    on the device; SGD has no such state)."""
     groups = param_groups(model, config.weight_decay, config.decay_bias)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr)
     if config.optimizer == "momentum":
         return torch.optim.SGD(groups, lr=config.lr, momentum=MOMENTUM)
     if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr)
+        return torch.optim.Adam(groups, lr=config.lr, capturable=capturable)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
 
 

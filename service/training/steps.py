@@ -86,6 +86,35 @@ def shuffling_generator(config: TrainConfig) -> torch.Generator:
     return torch.Generator().manual_seed(config.seed + SHUFFLE_SEED_OFFSET)
 
 
+class EagerSteps:
+    """One optimizer step per call, run op by op; the metric sums stay on the device."""
+
+    def __init__(self, objective: Objective, optimizer: torch.optim.Optimizer, device) -> None:
+        self.objective, self.optimizer = objective, optimizer
+        self.loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+        self.correct = torch.zeros((), device=device, dtype=torch.int64)
+
+    def __call__(self, batch: torch.Tensor) -> None:
+        self.step(batch)
+
+    def step(self, batch: torch.Tensor) -> None:
+        out = self.objective(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.objective.backward()
+        self.optimizer.step()
+        with torch.no_grad():  # in place: a captured CUDA graph adds into these same tensors
+            self.loss_sum += out.loss_sum
+            if out.correct is not None:
+                self.correct += out.correct
+
+    def take_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sums since the last call (device tensors), and start again from zero."""
+        sums = self.loss_sum.clone(), self.correct.clone()
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        return sums
+
+
 def run_epoch(
     objective: Objective,
     model: nn.Module,
@@ -98,32 +127,28 @@ def run_epoch(
     epoch: int,
     should_stop: Callable[[], bool] = _never_stop,
     shard: Shard | None = None,
+    steps: EagerSteps | None = None,
 ) -> EpochSums:
     """One pass of SGD steps in a freshly shuffled order, batched by config.last_batch.
 
-    With a shard (data-parallel training) every rank draws the same order and steps on its
-    slice of each global batch; DDP averages the gradients, and the sums come back global."""
+    ``steps`` runs each batch's step (default: eagerly; ``graphed.GraphedSteps`` replays a CUDA
+    graph); pass the same one to every epoch of a run. With a shard (data-parallel training)
+    every rank draws the same order and steps on its slice of each global batch; DDP averages
+    the gradients, and the sums come back global."""
     model.train()
+    steps = steps if steps is not None else EagerSteps(objective, optimizer, device)
     order = torch.randperm(n_train, generator=generator)
     indices, bounds = plan_epoch(order, config.batch_size, config.last_batch, generator)
     indices = indices.to(device, non_blocking=True)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float32)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
     examples = 0
     for step, (start, end) in enumerate(bounds):
         stop = should_stop() if shard is None else shard.agree_to_stop(should_stop, step)
         if stop:
             raise TrainingCancelled(f"training cancelled during epoch {epoch}")
         batch = indices[start:end]
-        out = objective(batch if shard is None else batch[shard.rank :: shard.world_size])
-        optimizer.zero_grad(set_to_none=True)
-        out.objective.backward()
-        optimizer.step()
-        with torch.no_grad():
-            loss_sum += out.loss_sum
-            if out.correct is not None:
-                correct += out.correct
+        steps(batch if shard is None else batch[shard.rank :: shard.world_size])
         examples += end - start
+    loss_sum, correct = steps.take_sums()
     if shard is not None:
         loss_sum, correct = shard.sum(loss_sum), shard.sum(correct)
     return EpochSums(loss_sum=loss_sum, correct=correct, examples=examples)
