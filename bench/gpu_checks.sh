@@ -1,52 +1,119 @@
 #!/usr/bin/env bash
-# The GPU checks of the fast-training issue, in one script for a machine with a CUDA device.
-# It needs torch, numpy and (for the last stage) pytest only: no fastapi/sqlalchemy/httpx.
+# The GPU checks and benchmarks of the fast-training and inference issues, in one script for a
+# machine with a CUDA device.
 #
-#   bash bench/gpu_checks.sh            # every stage (about 6-8 min on an H100)
-#   bash bench/gpu_checks.sh models     # or some stages: models lenet10 concurrent pytest
+#   bash bench/gpu_checks.sh          # every stage (about 12 min on an H100)
+#   bash bench/gpu_checks.sh models   # or some of: pytest models service small10 concurrent
+#                                     # large big256 profile
 #
+# The training stages need torch and numpy only. `pytest` needs pytest; `service` runs
+# `python -m service.cli serve` (fastapi, sqlalchemy, uvicorn, ...): where those are missing,
+# put their wheels in .whl/ and this script installs them into /tmp/site first.
 # Fashion-MNIST: TRAINSERVE_DATA_DIR, else ./var/fashion-mnist, else /usr/share/datasets/...
 # To bring it to a machine without it, copy the four .gz files to var/fashion-mnist (ignored by
-# git, 31 MB) and carry that folder. Each stage's output goes to $OUT (or /tmp/trainserve-gpu-checks) as a log.
+# git, 31 MB) and carry that folder. Each stage's output also goes to a log, and its results
+# to JSON, in /tmp/trainserve-gpu-checks; with $OUT set, all of them go to $OUT/gpu-checks.tgz.
+# The last lines printed are every stage's table. STAGE_TIMEOUT (s, default 240) bounds a stage,
+# BUDGET (s, default 540) the whole script: a stage that would start past it is skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
-OUT_DIR=${OUT:-/tmp/trainserve-gpu-checks}
-mkdir -p "$OUT_DIR"
+PY=${PYTHON:-python3}
+OUT_DIR=/tmp/trainserve-gpu-checks
+STAGE_TIMEOUT=${STAGE_TIMEOUT:-240}
+END=$((SECONDS + ${BUDGET:-540}))
+rm -rf "$OUT_DIR"; mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1
 if [ -z "${TRAINSERVE_DATA_DIR:-}" ] && [ -e var/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   export TRAINSERVE_DATA_DIR=$PWD/var/fashion-mnist
 fi
-STAGES=${*:-models lenet10 concurrent pytest}
+if compgen -G ".whl/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+STAGES=${*:-pytest models service small10 concurrent large big256 profile}
 FAILED=0
 
 run() {  # run NAME CMD...: print and log the command's output, remember a failure
   local name=$1; shift
+  local left=$((END - SECONDS - 15))
+  if [ "$left" -lt 20 ]; then
+    echo "=== $name: skipped, out of BUDGET: $*" | tee -a "$OUT_DIR/$name.log"; FAILED=1; return
+  fi
   echo "=== $name: $*" | tee -a "$OUT_DIR/$name.log"
-  "$@" 2>&1 | tee -a "$OUT_DIR/$name.log"
+  timeout -k 5 $((left < STAGE_TIMEOUT ? left : STAGE_TIMEOUT)) "$@" 2>&1 \
+    | tee -a "$OUT_DIR/$name.log"
   local rc=${PIPESTATUS[0]}
   [ "$rc" = 0 ] || { echo "=== $name: exit $rc" | tee -a "$OUT_DIR/$name.log"; FAILED=1; }
 }
 
+serve() {  # serve PORT: the service (API + one worker per GPU slot) on 127.0.0.1:PORT
+  local port=$1 state
+  state=$(mktemp -d)
+  TRAINSERVE_STATE_DIR=$state TRAINSERVE_PORT=$port TRAINSERVE_INFERENCE_DEVICE=cuda \
+    $PY -m service.cli serve >"$OUT_DIR/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 120); do
+    $PY -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/health', timeout=1)" \
+      2>/dev/null && return 0
+    sleep 0.5
+  done
+  echo "server did not come up; its log:"; tail -40 "$OUT_DIR/server.log"; kill "$SERVER_PID"
+  return 1
+}
+
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $PY -c 'import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device")'
+  nproc
 } 2>&1 | tee "$OUT_DIR/device.log"
 
 for stage in $STAGES; do
   case $stage in
-    models)  # (a) the course's DataLoader loop vs (b) train(): all six nets, one epoch each
-      run models $PY bench/train.py --epochs 1 --json "$OUT_DIR/models.json" ;;
-    lenet10)  # LeNet over 10 epochs: throughput and both test accuracies
-      run lenet10 $PY bench/train.py --models lenet --epochs 10 --json "$OUT_DIR/lenet10.json" ;;
+    pytest)  # the training loop on CUDA: bf16, channels_last, resume, CUDA graphs vs eager.
+      # No conftest: tests/conftest.py imports the server fixtures' dependencies.
+      run pytest $PY -m pytest -m gpu tests/unit/test_training.py tests/unit/test_cuda_graphs.py \
+        -q --noconftest -p no:cacheprovider ;;
+    models)  # (a) the course's DataLoader loop vs (b) train(): all six nets, one epoch each,
+      # (b) with and without CUDA graphs
+      run models $PY bench/train.py --epochs 1 --eager-too --json "$OUT_DIR/models.json" ;;
+    small10)  # the launch-bound nets over 10 epochs: steady throughput, both test accuracies
+      run small10 $PY bench/train.py --models softmax,mlp,lenet --epochs 10 \
+        --json "$OUT_DIR/small10.json" ;;
+    large)  # the launch-bound nets at a batch the user may ask for (the reference keeps 256)
+      run large $PY bench/train.py --models softmax,mlp,lenet --epochs 3 \
+        --project-batch-size 2048 --json "$OUT_DIR/large.json" ;;
+    big256)  # the 224-px nets with the project at batch 256 (the reference keeps 128)
+      run big256 $PY bench/train.py --models alexnet,vgg,nin --epochs 1 \
+        --project-batch-size 256 --json "$OUT_DIR/big256.json" ;;
+    profile)  # where a 224-px step's GPU time goes
+      run profile $PY bench/profile_step.py --models vgg,alexnet,nin --batch-size 128 ;;
     concurrent)  # aggregate examples/s of 1, 2, 4, 8 LeNet trainings sharing the GPU
       for n in 1 2 4 8; do
-        run concurrent $PY bench/train.py --concurrent "$n" --epochs 3 \
+        run concurrent $PY bench/train.py --concurrent "$n" --epochs 10 \
           --json "$OUT_DIR/concurrent-$n.json"
       done ;;
-    pytest)  # the training loop on CUDA (bf16 autocast, channels_last, resume); no conftest:
-      # tests/conftest.py imports httpx for the server tests
-      run pytest $PY -m pytest -m gpu tests/unit/test_training.py -q --noconftest \
-        -p no:cacheprovider ;;
-    *) echo "unknown stage $stage (models lenet10 concurrent pytest)"; FAILED=1 ;;
+    service)  # through the HTTP service: VGG submit -> succeeded, then AlexNet predict load
+      if serve 8765; then
+        for body in '{"resize": 112, "batch_size": 256, "lr": 0.1}' \
+                    '{"resize": 64, "batch_size": 256, "lr": 0.1}'; do
+          run e2e $PY bench/service_e2e.py --url http://127.0.0.1:8765 --model vgg --epochs 10 \
+            --body "$body" --timeout 120
+        done
+        run predict $PY bench/predict.py --url http://127.0.0.1:8765 --network alexnet \
+          --seconds 3 --warmup 1
+        # the course's recipe: 224 px, batch 128, lr 0.05
+        run e2e $PY bench/service_e2e.py --url http://127.0.0.1:8765 --model vgg --epochs 10 \
+          --batch-size 128 --timeout 120
+        kill "$SERVER_PID"; wait "$SERVER_PID"
+      else
+        FAILED=1
+      fi ;;
+    *) echo "unknown stage $stage"; FAILED=1 ;;
   esac
 done
+echo; echo "=== summary (tables of every stage)"
+for log in "$OUT_DIR"/*.log; do
+  grep -E '^(\||=== .*(exit|skipped)|job .* (succeeded|failed)|test_acc|[0-9]+ (passed|failed))' "$log" \
+    | sed "s|^|$(basename "$log" .log): |"
+done
+[ -n "${OUT:-}" ] && tar -czf "$OUT/gpu-checks.tgz" -C "$OUT_DIR" .
 exit $FAILED

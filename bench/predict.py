@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/predict.py                        # starts its own server, trains LeNet
     .venv/bin/python bench/predict.py --url http://127.0.0.1:8000 --model 1   # a running one
+    .venv/bin/python bench/predict.py --url http://127.0.0.1:8000 --network alexnet  # trains it
 
 Closed loop: C clients, each on its own keep-alive connection, send one single-image request,
 wait for the answer, send the next, for --seconds at each concurrency C. Every level runs
@@ -199,7 +200,8 @@ def _fmt_ms(seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running service (default: start one here)")
-    parser.add_argument("--model", type=int, help="model id (with --url)")
+    parser.add_argument("--model", type=int, help="model id (with --url; default: train "
+                        "--network there first)")  # fmt: skip
     parser.add_argument("--network", default="lenet", help="network to train when starting "
                         "a server of its own (default lenet)")  # fmt: skip
     parser.add_argument("--dataset", default="synthetic", help="dataset for that training "
@@ -219,9 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = None
     try:
         if args.url:
-            if args.model is None:
-                parser.error("--url needs --model")
-            url, model_id = args.url.rstrip("/"), args.model
+            url = args.url.rstrip("/")
+            if args.model is not None:
+                model_id = args.model
+            else:
+                print(f"training {args.network} on {args.dataset} for 1 epoch at {url} ...",
+                      flush=True)  # fmt: skip
+                model_id = train_model(url, args.network, args.dataset)
         else:
             state_dir = Path(tempfile.mkdtemp(prefix="trainserve-bench-"))
             server = start_server(state_dir, _free_port(), env={})

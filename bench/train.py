@@ -20,11 +20,13 @@ accuracy of each after --epochs.
     python bench/train.py --quick                  # CPU smoke: 4,096 examples, softmax/mlp/lenet
     python bench/train.py --quick --models alexnet --quick-side 64
     python bench/train.py --concurrent 4           # 4 LeNet trainings at once on one device
+    python bench/train.py --models lenet --eager-too   # also the project loop without CUDA graphs
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -49,6 +51,7 @@ from train_loop import IdxImages, course_epochs  # noqa: E402
 import models  # noqa: E402
 from service.training.config import TrainConfig  # noqa: E402
 from service.training.data import load_dataset  # noqa: E402
+from service.training.graphed import ENV_SWITCH as GRAPHS_SWITCH  # noqa: E402
 from service.training.loop import train  # noqa: E402
 
 ALL_MODELS = ["softmax", "mlp", "lenet", "alexnet", "vgg", "nin"]
@@ -147,6 +150,19 @@ def run_project(
     }
 
 
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 def _fmt_mem(b: int | None) -> str:
     return "n/a" if b is None else f"{b / 2**20:,.0f} MiB"
 
@@ -190,6 +206,13 @@ def bench_models(args, device: torch.device, peak_tflops: float | None) -> list[
             name, n, n_test, side, proj_batch, lr, dropout, args.epochs, device,
             args.data_dir, args.dataset,
         )  # fmt: skip
+        eager = None
+        if args.eager_too and device.type == "cuda":
+            with _env(GRAPHS_SWITCH, "0"):
+                eager = run_project(
+                    name, n, n_test, side, proj_batch, lr, dropout, args.epochs, device,
+                    args.data_dir, args.dataset,
+                )  # fmt: skip
         row = {
             "model": name,
             "side": side,
@@ -199,6 +222,7 @@ def bench_models(args, device: torch.device, peak_tflops: float | None) -> list[
             "mflop_per_example": flops / 1e6,
             "reference": ref,
             "project": proj,
+            "project_without_graphs": eager,
             "ratio": proj["ex_per_s"] / ref["ex_per_s"],
             "mfu_reference": _fmt_mfu(flops, ref["ex_per_s"], peak_tflops),
             "mfu_project": _fmt_mfu(flops, proj["ex_per_s"], peak_tflops),
@@ -209,7 +233,13 @@ def bench_models(args, device: torch.device, peak_tflops: float | None) -> list[
             f"{ref['ex_per_s']:,.0f} ex/s (acc {ref['test_acc']:.3f}, MFU {row['mfu_reference']}, "
             f"peak {_fmt_mem(ref['peak_bytes'])}) | project {proj['ex_per_s']:,.0f} ex/s "
             f"(acc {proj['test_acc']:.3f}, MFU {row['mfu_project']}, peak "
-            f"{_fmt_mem(proj['peak_bytes'])}) | {row['ratio']:.2f}x",
+            f"{_fmt_mem(proj['peak_bytes'])}) | {row['ratio']:.2f}x"
+            + (
+                f" | without CUDA graphs {eager['ex_per_s']:,.0f} ex/s (acc "
+                f"{eager['test_acc']:.3f}), graphs {proj['ex_per_s'] / eager['ex_per_s']:.2f}x"
+                if eager
+                else ""
+            ),
             flush=True,
         )
         if device.type == "cuda":
@@ -354,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--concurrent", type=int, default=0, help="run N LeNet trainings at once instead"
+    )
+    parser.add_argument(
+        "--eager-too",
+        action="store_true",
+        help="on CUDA, run the project loop again without CUDA graphs (TRAINSERVE_CUDA_GRAPHS=0)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
