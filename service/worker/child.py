@@ -46,6 +46,12 @@ def job_process_main(
         )  # fmt: skip
     finally:
         engine.dispose()
+    # The outcome is decided (and, for FINISHED, written). Our worker may still send SIGTERM:
+    # it sees the lease we just cleared. Python restores the default action of SIGTERM when
+    # the interpreter finalises, and tearing down a CUDA context takes a second or more, so a
+    # late SIGTERM would turn a finished job's exit code into a kill (seen on an H100: every
+    # job succeeded, and its worker logged each one as "lease lost"). Ignore it from here on.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(int(outcome))
 
 

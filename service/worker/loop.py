@@ -151,8 +151,8 @@ class Worker:
             ):
                 ckpt.unlink(missing_ok=True)
         elif exitcode == Outcome.STOPPED or self.stopping.is_set() or self._parent_gone():
-            queue.release_job(self.engine, job_id, token)  # resumes from its checkpoint
-            log.info("worker %s: job %s requeued for shutdown", self.name, job_id)
+            if queue.release_job(self.engine, job_id, token):  # resumes from its checkpoint
+                log.info("worker %s: job %s requeued for shutdown", self.name, job_id)
         else:
             reason = _describe_exit(exitcode)
             log.error("job %s: %s", job_id, reason)
