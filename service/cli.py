@@ -7,7 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from service.config import Settings, get_settings
+from pydantic import ValidationError
+
+from service.config import SettingError, Settings, check_inference_device, get_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = get_settings().model_copy(
         update={k: v for k, v in overrides.items() if v is not None}
     )
+    check_inference_device(settings.inference_device)  # before migrating and starting workers
     migrate(settings)
     pool = WorkerPool(settings, default_worker_devices(settings.workers, settings.slots_per_gpu))
     pool.start()
@@ -87,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=int,
-        help="worker processes (default: one per GPU, else one; "
+        help="worker processes (default: TRAINSERVE_SLOTS_PER_GPU per GPU, else one; "
         "TRAINSERVE_WORKERS); 0 runs the API alone",
     )
     serve.set_defaults(func=_serve)
@@ -109,7 +112,21 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ValidationError as exc:  # a TRAINSERVE_* variable that does not parse
+        print(f"trainserve: invalid settings:\n{_describe(exc)}", file=sys.stderr)
+        return 2
+    except SettingError as exc:
+        print(f"trainserve: {exc}", file=sys.stderr)
+        return 2
+
+
+def _describe(exc: ValidationError) -> str:
+    return "\n".join(
+        f"  TRAINSERVE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+        for e in exc.errors()
+    )
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STATE_DIR = Path("var")
@@ -23,8 +24,11 @@ class Settings(BaseSettings):
     artifact_url: str | None = None
     data_dir: Path | None = None  # Fashion-MNIST IDX files; then /usr/share/datasets/fashion-mnist
 
-    workers: int | None = Field(default=None, ge=0)  # default: one per GPU, else one on the CPU
-    slots_per_gpu: int = Field(default=1, ge=1)  # default workers per GPU (jobs sharing a GPU)
+    workers: int | None = Field(default=None, ge=0)  # default: slots_per_gpu per GPU, else 1 (CPU)
+    # Default workers per GPU, i.e. jobs sharing one. Measured on an H100 (bench/train.py
+    # --concurrent): 2 LeNet jobs trained 1.8x the examples/s of one; 4 and 8 only 1.6x and 2.2x,
+    # with each job 2.5-4.5x slower. 2 also leaves each job at least half the GPU's memory.
+    slots_per_gpu: int = Field(default=2, ge=1)
     # torch threads of each job process; default torch's own (all cores). Several CPU workers on
     # one machine must share the cores: `serve` divides them among its CPU workers.
     torch_threads: int | None = Field(default=None, ge=1)
@@ -53,6 +57,14 @@ class Settings(BaseSettings):
     batch_queue_size: int = Field(default=1024, ge=1)  # images waiting per model; then 503
     max_dataset_bytes: int = Field(default=200 * 1024 * 1024, ge=1)  # POST /datasets body
 
+    @field_validator("inference_device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+            raise ValueError(f"must be cpu, cuda or cuda:N, not {value!r}")
+        return value
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -62,6 +74,25 @@ class Settings(BaseSettings):
     @property
     def resolved_artifact_dir(self) -> Path:
         return (self.artifact_dir or self.state_dir / "artifacts").resolve()
+
+
+class SettingError(ValueError):
+    """A setting that is well formed but cannot work on this machine (the CLI prints it)."""
+
+
+def check_inference_device(device: str) -> None:
+    """Raise SettingError unless torch can run forward passes on ``device`` here."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise SettingError(
+            f"TRAINSERVE_INFERENCE_DEVICE={device}, but torch sees {count} CUDA device(s) "
+            "here; use cpu" + (f" or cuda:0..cuda:{count - 1}" if count else "")
+        )
 
 
 @lru_cache

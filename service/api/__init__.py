@@ -9,7 +9,7 @@ import anyio
 from fastapi import FastAPI
 
 from service.api import catalog, datasets, health, jobs, sweeps, trained_models, v2
-from service.config import Settings, get_settings
+from service.config import Settings, check_inference_device, get_settings
 from service.db import make_engine, make_session_factory
 from service.errors import install_error_handlers
 from service.inference import ModelCache, Serving
@@ -26,6 +26,7 @@ def create_app(
     """The app; `on_shutdown` (blocking, run in a thread) runs when the server stops gracefully,
     before the process exits: `serve` stops its worker pool there."""
     settings = settings or get_settings()
+    check_inference_device(settings.inference_device)  # fail at start, not on the first predict
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -1,0 +1,58 @@
+"""`trainserve` with settings that cannot work: a one-line reason per variable and exit code 2,
+before anything is migrated or started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from service.cli import main
+from service.config import SettingError, Settings, check_inference_device, get_settings
+
+
+@pytest.fixture
+def fresh_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("TRAINSERVE_STATE_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("TRAINSERVE_PORT", "eighty", "TRAINSERVE_PORT: Input should be a valid integer"),
+        ("TRAINSERVE_INFERENCE_DEVICE", "gpu", "must be cpu, cuda or cuda:N, not 'gpu'"),
+        ("TRAINSERVE_SLOTS_PER_GPU", "0", "TRAINSERVE_SLOTS_PER_GPU: Input should be greater"),
+    ],
+)
+def test_malformed_settings_name_the_variable(
+    variable: str, value: str, reason: str, fresh_settings: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert reason in err
+    assert variable in err
+    assert not (fresh_settings / "trainserve.db").exists()  # nothing migrated
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_inference_device_without_cuda_stops_serve(
+    fresh_settings: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("TRAINSERVE_INFERENCE_DEVICE", "cuda")
+    assert main(["serve"]) == 2
+    assert "TRAINSERVE_INFERENCE_DEVICE=cuda, but torch sees 0 CUDA device(s)" in (
+        capsys.readouterr().err
+    )
+    assert not (fresh_settings / "trainserve.db").exists()
+
+
+def test_device_names_are_normalised_and_checked() -> None:
+    assert Settings(inference_device=" CUDA:1 ").inference_device == "cuda:1"
+    check_inference_device("cpu")  # always there
+    with pytest.raises(SettingError, match="cuda:99"):
+        check_inference_device("cuda:99")
