@@ -18,7 +18,7 @@ STOP_GRACE_SECONDS = 30.0  # a worker needs at most one batch to requeue its job
 def default_worker_devices(count: int | None, slots_per_gpu: int | None = None) -> list[str]:
     """`slots_per_gpu` workers per GPU (cuda:0, cuda:0, cuda:1, cuda:1, ...), else one on the
     CPU; `count` overrides (round-robin over the GPUs). `slots_per_gpu` None: the setting
-    TRAINSERVE_SLOTS_PER_GPU (default 1)."""
+    TRAINSERVE_SLOTS_PER_GPU (default 2)."""
     import torch
 
     if slots_per_gpu is None:

@@ -31,10 +31,10 @@ def slots_env(monkeypatch: pytest.MonkeyPatch):
     get_settings.cache_clear()
 
 
-def test_one_worker_per_gpu_by_default(gpus, slots_env) -> None:
+def test_two_workers_per_gpu_by_default(gpus, slots_env) -> None:
     gpus(2)
     slots_env(None)
-    assert default_worker_devices(None) == ["cuda:0", "cuda:1"]
+    assert default_worker_devices(None) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_explicit_count_overrides_slots(gpus) -> None:
 
 
 def test_setting_validation(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Settings().slots_per_gpu == 1
+    assert Settings().slots_per_gpu == 2
     monkeypatch.setenv("TRAINSERVE_SLOTS_PER_GPU", "0")
     with pytest.raises(ValueError):
         Settings()
