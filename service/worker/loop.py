@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import socket
@@ -17,13 +16,11 @@ from service.artifacts import checkpoint_path
 from service.config import Settings
 from service.db import make_engine
 from service.tables import JobStatus
-from service.worker.child import job_process_main
 from service.worker.execute import Outcome
 from service.worker.lease import LeaseKeeper
+from service.worker.standby import Standby
 
 log = logging.getLogger(__name__)
-# spawn, not fork: a job process must not inherit CUDA state or the worker's DB connections.
-_SPAWN = multiprocessing.get_context("spawn")
 KILL_GRACE_SECONDS = 30.0  # after SIGTERM a job stops at its next batch; then SIGKILL
 
 
@@ -40,6 +37,7 @@ class Worker:
         self.artifact_dir = settings.resolved_artifact_dir
         self.stopping = threading.Event()
         self._parent_pid: int | None = None
+        self._standby: Standby | None = None  # the next job's process, warming up
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -64,27 +62,59 @@ class Worker:
     def run(self, *, max_jobs: int | None = None) -> None:
         log.info("worker %s on %s: polling %s", self.name, self.device, self.engine.url)
         done = 0
-        while not self.stopping.is_set():
-            if self._parent_gone():
-                log.warning("worker %s: parent process is gone; exiting", self.name)
-                break
-            try:
-                queue.requeue_expired_leases(
-                    self.engine, backoff_seconds=self.settings.retry_backoff_seconds
-                )
-                claimed = queue.claim_next_job(self.engine, self.name, self.settings.lease_seconds)
-            except Exception:  # database unreachable: wait and retry, never crash the loop
-                log.warning("worker %s: database error; retrying", self.name, exc_info=True)
-                self.stopping.wait(max(self.settings.poll_seconds, 2.0))
-                continue
-            if claimed is None:
-                self.stopping.wait(self.settings.poll_seconds)
-                continue
-            self.run_job(claimed)
-            done += 1
-            if max_jobs is not None and done >= max_jobs:
-                break
-        self.engine.dispose()
+        try:
+            while not self.stopping.is_set():
+                if self._parent_gone():
+                    log.warning("worker %s: parent process is gone; exiting", self.name)
+                    break
+                if self._standby is None:
+                    self._standby = Standby(self._settings_data(), self.device)
+                if not self._poll_once():
+                    continue
+                done += 1
+                if max_jobs is not None and done >= max_jobs:
+                    break
+        finally:
+            if self._standby is not None:
+                self._standby.close()
+                self._standby = None
+            self.engine.dispose()
+
+    def _poll_once(self) -> bool:
+        """Claim and run one job; False when there was none (or the database is away)."""
+        try:
+            queue.requeue_expired_leases(
+                self.engine, backoff_seconds=self.settings.retry_backoff_seconds
+            )
+            claimed = queue.claim_next_job(self.engine, self.name, self.settings.lease_seconds)
+        except Exception:  # database unreachable: wait and retry, never crash the loop
+            log.warning("worker %s: database error; retrying", self.name, exc_info=True)
+            self.stopping.wait(max(self.settings.poll_seconds, 2.0))
+            return False
+        if claimed is None:
+            self.stopping.wait(self.settings.poll_seconds)
+            return False
+        self.run_job(claimed)
+        return True
+
+    def _settings_data(self) -> dict:
+        return self.settings.model_dump(mode="json") | {
+            "database_url": self.settings.resolved_database_url,
+            "artifact_dir": str(self.artifact_dir),
+        }
+
+    def _job_process(self, claimed: queue.ClaimedJob) -> BaseProcess:
+        """The waiting standby, given this job; a fresh one if it died in the meantime."""
+        standby, self._standby = self._standby, None
+        process = None
+        if standby is not None:
+            process = standby.start_job(claimed.id, claimed.token, claimed.config)
+        if process is None:
+            standby = Standby(self._settings_data(), self.device)
+            process = standby.start_job(claimed.id, claimed.token, claimed.config)
+        if process is None:
+            raise RuntimeError("the job process died before it was given its job")
+        return process
 
     # --- one job -----------------------------------------------------------------------------
 
@@ -101,17 +131,8 @@ class Worker:
             check_seconds=self.settings.cancel_check_seconds,
         )
         keeper.start()
-        settings_data = self.settings.model_dump(mode="json") | {
-            "database_url": self.settings.resolved_database_url,
-            "artifact_dir": str(self.artifact_dir),
-        }
-        process = _SPAWN.Process(
-            target=job_process_main,
-            args=(settings_data, job_id, token, claimed.config, self.device),
-            name=f"trainserve-job-{job_id}",
-        )
         try:
-            process.start()
+            process = self._job_process(claimed)
             self._supervise(process, keeper)
         finally:
             keeper.stop()

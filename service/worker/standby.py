@@ -1,0 +1,106 @@
+"""A job process started before its job, so that a claimed job starts training at once.
+
+Every job runs in a fresh process (a crash, an out-of-memory kill or leaked GPU memory ends
+that job only). Starting one costs seconds before the first batch: the interpreter, torch and
+the training code (about 2 s on the 2-core CPU machine), the device (a CUDA context, cuBLAS
+and cuDNN) and the Fashion-MNIST files (0.5 s). A worker keeps one such process waiting: it
+pays those costs while the worker looks for work, then receives its job through a pipe and
+becomes the job's process (``child.job_process_main``). A standby that is never used exits
+when the pipe closes or when its worker is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from service.worker.child import job_process_main
+
+log = logging.getLogger(__name__)
+# spawn, not fork: a job process must not inherit CUDA state or the worker's DB connections.
+SPAWN = multiprocessing.get_context("spawn")
+PARENT_CHECK_SECONDS = 1.0  # how often a waiting standby looks whether its worker is alive
+
+
+class Standby:
+    """One warm process waiting for a job of this worker."""
+
+    def __init__(self, settings_data: dict[str, Any], device: str) -> None:
+        receive, self._send = SPAWN.Pipe(duplex=False)
+        self.process = SPAWN.Process(
+            target=standby_main,
+            args=(receive, settings_data, device, os.getpid()),
+            name="trainserve-standby",
+            daemon=False,
+        )
+        self.process.start()
+        receive.close()  # the child holds its own end; ours would keep the pipe from closing
+
+    def start_job(self, job_id: int, token: str, config: dict) -> BaseProcess | None:
+        """Hand the job over; the process then is the job's. None if the standby is gone."""
+        if not self.process.is_alive():
+            self.close()
+            return None
+        try:
+            self._send.send((job_id, token, config))
+        except OSError:  # it died just now
+            self.close()
+            return None
+        self._send.close()
+        self.process.name = f"trainserve-job-{job_id}"
+        return self.process
+
+    def close(self) -> None:
+        """Stop a standby that got no job (closing the pipe tells it to exit)."""
+        self._send.close()
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+def standby_main(
+    jobs: Connection, settings_data: dict[str, Any], device: str, worker_pid: int
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when we stop
+    try:
+        warm_up(settings_data, device)
+    except Exception as exc:  # the job will meet the same problem and report it
+        logging.getLogger(__name__).warning("standby warm-up failed: %s", exc)
+    while True:
+        if os.getppid() != worker_pid:
+            return  # the worker is gone
+        try:
+            if jobs.poll(PARENT_CHECK_SECONDS):
+                job_id, token, config = jobs.recv()
+                break
+        except (EOFError, OSError):
+            return  # the worker closed the pipe: no job for us
+    jobs.close()
+    job_process_main(settings_data, job_id, token, config, device)
+
+
+def warm_up(settings_data: dict[str, Any], device: str) -> None:
+    """Import the training code, open the device, read Fashion-MNIST into the loader's cache."""
+    import torch
+
+    from service.config import Settings
+    from service.training.data import DatasetError, load_dataset
+    from service.worker import execute  # noqa: F401  (imports the models and training code)
+
+    settings = Settings(**settings_data)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    target = torch.device(device)
+    if target.type == "cuda":
+        torch.cuda.set_device(target)
+        torch.zeros(1, device=target)  # the CUDA context
+    # Not installed here: the jobs that need it fail with the loader's message.
+    with contextlib.suppress(DatasetError):
+        load_dataset("fashion-mnist", settings.data_dir)
