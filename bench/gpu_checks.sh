@@ -2,7 +2,7 @@
 # The GPU checks and benchmarks of the fast-training and inference issues, in one script for a
 # machine with a CUDA device.
 #
-#   bash bench/gpu_checks.sh          # every stage (about 12 min on an H100)
+#   BUDGET=720 bash bench/gpu_checks.sh   # every stage (about 11 min on an H100)
 #   bash bench/gpu_checks.sh models   # or some of: pytest models service small10 concurrent
 #                                     # large big256 profile
 #
