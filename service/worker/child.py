@@ -15,6 +15,7 @@ from typing import Any
 
 from service.config import Settings
 from service.db import make_engine
+from service.worker.allocator import keep_freed_memory
 from service.worker.execute import Outcome, execute_job
 
 # Fault injection for the tests, never set in production: "job-process-crash".
@@ -27,6 +28,7 @@ def job_process_main(
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s %(levelname)s job-{job_id}: %(message)s"
     )
+    keep_freed_memory()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when we stop

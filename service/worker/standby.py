@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from service.worker.allocator import keep_freed_memory
 from service.worker.child import job_process_main
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def standby_main(
     jobs: Connection, settings_data: dict[str, Any], device: str, worker_pid: int
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when we stop
+    keep_freed_memory()
     try:
         warm_up(settings_data, device)
     except Exception as exc:  # the job will meet the same problem and report it
