@@ -26,7 +26,6 @@ accuracy of each after --epochs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -34,6 +33,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from unittest import mock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -150,19 +150,6 @@ def run_project(
     }
 
 
-@contextlib.contextmanager
-def _env(name: str, value: str):
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
 def _fmt_mem(b: int | None) -> str:
     return "n/a" if b is None else f"{b / 2**20:,.0f} MiB"
 
@@ -208,7 +195,7 @@ def bench_models(args, device: torch.device, peak_tflops: float | None) -> list[
         )  # fmt: skip
         eager = None
         if args.eager_too and device.type == "cuda":
-            with _env(GRAPHS_SWITCH, "0"):
+            with mock.patch.dict(os.environ, {GRAPHS_SWITCH: "0"}):
                 eager = run_project(
                     name, n, n_test, side, proj_batch, lr, dropout, args.epochs, device,
                     args.data_dir, args.dataset,

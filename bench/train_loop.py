@@ -158,7 +158,7 @@ def project_in_job_process(args, n_examples: int, n_test: int, side: int, device
 
 
 def _job_process_loop(args, n_examples: int, n_test: int, side: int, device) -> dict:
-    keep_freed_memory()  # what a job process does first (service/worker/child.py)
+    keep_freed_memory()  # as a job's process does (service/worker/child.prepare_process)
     return project_loop(args, n_examples, n_test, side, device)
 
 

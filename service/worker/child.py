@@ -1,4 +1,5 @@
-"""The entry point of a job's own process (started with spawn by its worker).
+"""The job's own process: its set-up, and its entry point once it has its job (both called by
+the standby process its worker started, ``standby``).
 
 A crash here, an out-of-memory kill or leaked GPU memory ends this job's process only.
 SIGTERM asks the job to stop between two batches; its worker then writes the outcome.
@@ -22,24 +23,29 @@ from service.worker.execute import Outcome, execute_job
 FAILPOINT_ENV = "TRAINSERVE_FAILPOINT"
 
 
-def job_process_main(
-    settings_data: dict[str, Any], job_id: int, token: str, config: dict, device: str
-) -> None:
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s %(levelname)s job-{job_id}: %(message)s"
-    )
-    keep_freed_memory()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+def prepare_process(settings: Settings) -> None:
+    """What a job's process sets before any work (the standby does it before its warm-up)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when we stop
-    parent = os.getppid()
-    if os.environ.get(FAILPOINT_ENV) == "job-process-crash":
-        os._exit(70)  # fault tests: a job whose process dies every time
-    settings = Settings(**settings_data)
+    keep_freed_memory()
     if settings.torch_threads:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
+
+
+def job_process_main(
+    settings_data: dict[str, Any], job_id: int, token: str, config: dict, device: str
+) -> None:
+    """Run the job; the process was set up by ``prepare_process``."""
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s job-{job_id}: %(message)s"
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    parent = os.getppid()
+    if os.environ.get(FAILPOINT_ENV) == "job-process-crash":
+        os._exit(70)  # fault tests: a job whose process dies every time
+    settings = Settings(**settings_data)
     engine = make_engine(settings.resolved_database_url)
     try:
         outcome = execute_job(
@@ -57,4 +63,4 @@ def job_process_main(
     sys.exit(int(outcome))
 
 
-__all__ = ["Outcome", "job_process_main"]
+__all__ = ["Outcome", "job_process_main", "prepare_process"]

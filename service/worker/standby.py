@@ -15,13 +15,12 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import signal
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from service.worker.allocator import keep_freed_memory
-from service.worker.child import job_process_main
+from service.config import Settings
+from service.worker.child import job_process_main, prepare_process
 
 log = logging.getLogger(__name__)
 # spawn, not fork: a job process must not inherit CUDA state or the worker's DB connections.
@@ -38,7 +37,6 @@ class Standby:
             target=standby_main,
             args=(receive, settings_data, device, os.getpid()),
             name="trainserve-standby",
-            daemon=False,
         )
         self.process.start()
         receive.close()  # the child holds its own end; ours would keep the pipe from closing
@@ -69,10 +67,10 @@ class Standby:
 def standby_main(
     jobs: Connection, settings_data: dict[str, Any], device: str, worker_pid: int
 ) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when we stop
-    keep_freed_memory()
+    settings = Settings(**settings_data)
+    prepare_process(settings)
     try:
-        warm_up(settings_data, device)
+        warm_up(settings, device)
     except Exception as exc:  # the job will meet the same problem and report it
         logging.getLogger(__name__).warning("standby warm-up failed: %s", exc)
     while True:
@@ -88,17 +86,13 @@ def standby_main(
     job_process_main(settings_data, job_id, token, config, device)
 
 
-def warm_up(settings_data: dict[str, Any], device: str) -> None:
+def warm_up(settings: Settings, device: str) -> None:
     """Import the training code, open the device, read Fashion-MNIST into the loader's cache."""
     import torch
 
-    from service.config import Settings
     from service.training.data import DatasetError, load_dataset
     from service.worker import execute  # noqa: F401  (imports the models and training code)
 
-    settings = Settings(**settings_data)
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
     target = torch.device(device)
     if target.type == "cuda":
         torch.cuda.set_device(target)

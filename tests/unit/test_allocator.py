@@ -12,4 +12,4 @@ from service.worker.allocator import keep_freed_memory
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_glibc_takes_the_settings_every_time() -> None:
     assert keep_freed_memory() is True
-    assert keep_freed_memory() is True  # the standby and then the job both call it
+    assert keep_freed_memory() is True  # and again: mallopt only sets two values
