@@ -7,7 +7,8 @@ For each model, in one process on one device:
     num_workers=4)`, fp32, per-batch host syncs for the metrics (`float(loss)`, `.item()`);
 (b) project — `service.training.loop.train` with the same model, initialisation, SGD lr,
     dropout and epochs (uint8 data on the device, channels_last for the conv nets, bf16
-    autocast on CUDA, metrics read once per epoch).
+    autocast on CUDA, metrics read once per epoch), in a fresh spawned process set up like a
+    job's (glibc keeps freed memory; so it also pays its own CUDA and cuDNN start-up).
 
 Printed per model: examples/s of each (training time only; the reference's loader waits count,
 test evaluation does not), project/reference, MFU (model FLOPs per example — forward+backward
@@ -46,7 +47,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-from train_loop import IdxImages, course_epochs  # noqa: E402
+from train_loop import IdxImages, course_epochs, in_job_process  # noqa: E402
 
 import models  # noqa: E402
 from service.training.config import TrainConfig  # noqa: E402
@@ -189,17 +190,15 @@ def bench_models(args, device: torch.device, peak_tflops: float | None) -> list[
         dropout = spec.dropout
         flops = flops_per_example(name, side, dropout)
         ref = run_reference(name, data, side, ref_batch, lr, dropout, args.epochs, device)
-        proj = run_project(
+        project_args = (
             name, n, n_test, side, proj_batch, lr, dropout, args.epochs, device,
             args.data_dir, args.dataset,
         )  # fmt: skip
+        proj = in_job_process(run_project, *project_args)
         eager = None
         if args.eager_too and device.type == "cuda":
-            with mock.patch.dict(os.environ, {GRAPHS_SWITCH: "0"}):
-                eager = run_project(
-                    name, n, n_test, side, proj_batch, lr, dropout, args.epochs, device,
-                    args.data_dir, args.dataset,
-                )  # fmt: skip
+            with mock.patch.dict(os.environ, {GRAPHS_SWITCH: "0"}):  # the spawned child sees it
+                eager = in_job_process(run_project, *project_args)
         row = {
             "model": name,
             "side": side,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import statistics
 import sys
 import time
 import warnings
@@ -150,16 +151,19 @@ def reference_loop(args, images, labels, test_images, test_labels, side, device)
     }
 
 
-def project_in_job_process(args, n_examples: int, n_test: int, side: int, device) -> dict:
-    """project_loop in a fresh spawned process, as the service's worker runs a job."""
+def in_job_process(fn, *args):
+    """fn(*args) in a fresh spawned process set up like a job's, and its return value.
+
+    A job's process keeps freed memory in glibc's heap (service/worker/child.prepare_process);
+    that changes malloc for the whole process, so it must not touch the reference's."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
-        return pool.apply(_job_process_loop, (args, n_examples, n_test, side, device))
+        return pool.apply(_job_process_call, (fn, *args))
 
 
-def _job_process_loop(args, n_examples: int, n_test: int, side: int, device) -> dict:
-    keep_freed_memory()  # as a job's process does (service/worker/child.prepare_process)
-    return project_loop(args, n_examples, n_test, side, device)
+def _job_process_call(fn, *args):
+    keep_freed_memory()
+    return fn(*args)
 
 
 def project_loop(args, n_examples: int, n_test: int, side: int, device) -> dict:
@@ -233,13 +237,18 @@ def main(argv: list[str] | None = None) -> int:
                 device,
             )
         )
-        ours_runs.append(project_in_job_process(args, n, n_test, side, device))
+        ours_runs.append(in_job_process(project_loop, args, n, n_test, side, device))
     ref = max(refs, key=lambda r: r["ex_per_s"])
     ours = max(ours_runs, key=lambda r: r["ex_per_s"])
     if args.repeats > 1:
         print(f"best of {args.repeats} alternating runs; all ex/s:")
         print(f"  reference {[round(r['ex_per_s']) for r in refs]}")
         print(f"  project   {[round(r['ex_per_s']) for r in ours_runs]}")
+        paired = sorted(o["ex_per_s"] / r["ex_per_s"] for r, o in zip(refs, ours_runs, strict=True))
+        print(
+            f"  ratio of each pair {[round(x, 2) for x in paired]}, "
+            f"median {statistics.median(paired):.2f}x"
+        )
     print()
     print(
         f"{'loop':<38} {'train ex':>9} {'train s':>8} {'ex/s':>9} {'wall s':>7} "
