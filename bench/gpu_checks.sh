@@ -2,9 +2,9 @@
 # The GPU checks and benchmarks of the fast-training and inference issues, in one script for a
 # machine with a CUDA device.
 #
-#   BUDGET=720 bash bench/gpu_checks.sh   # every stage (about 11 min on an H100)
+#   BUDGET=720 bash bench/gpu_checks.sh   # every stage but variants (about 11 min on an H100)
 #   bash bench/gpu_checks.sh models   # or some of: pytest models service small10 concurrent
-#                                     # large big256 profile
+#                                     # large big256 profile variants
 #
 # The training stages need torch and numpy only. `pytest` needs pytest; `service` runs
 # `python -m service.cli serve` (fastapi, sqlalchemy, uvicorn, ...): where those are missing,
@@ -86,6 +86,11 @@ for stage in $STAGES; do
         --project-batch-size 256 --json "$OUT_DIR/big256.json" ;;
     profile)  # where a 224-px step's GPU time goes
       run profile $PY bench/profile_step.py --models vgg,alexnet,nin --batch-size 128 ;;
+    variants)  # the same steps in other layouts/precisions, compiled, without cuDNN autotuning
+      run variants $PY bench/profile_step.py --models lenet --batch-size 256 --steps 50 \
+        --variants service,eager,nchw,fp32,nchw-fp32,nobench,compile --no-table
+      run variants $PY bench/profile_step.py --models alexnet,vgg,nin --batch-size 128 \
+        --variants service,nchw,fp32,nobench,compile --no-table ;;
     concurrent)  # aggregate examples/s of 1, 2, 4, 8 LeNet trainings sharing the GPU
       for n in 1 2 4 8; do
         run concurrent $PY bench/train.py --concurrent "$n" --epochs 10 \

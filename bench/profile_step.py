@@ -1,17 +1,32 @@
-"""Where a training step's GPU time goes: torch.profiler over a few of the service's steps.
+"""Where a training step's time goes: torch.profiler over a few of the service's steps, and the
+same step under other layouts, precisions or torch.compile, to choose between them.
 
     python bench/profile_step.py --models vgg,alexnet --batch-size 128 --steps 10
+    python bench/profile_step.py --models lenet --batch-size 256 \\
+        --variants service,nchw,fp32,nchw-fp32,compile --no-table
 
-Random pixels stand in for Fashion-MNIST (the speed does not depend on them). Prints the
-step's wall time and the kernels that took the most device time.
+Random pixels stand in for Fashion-MNIST (the speed does not depend on them). For each model and
+variant it prints the warm-up time (the first steps: cuDNN autotuning, CUDA graph capture,
+compilation), the steady step time and, unless --no-table, the ops that took the most time.
+
+Variants (bench-only: they patch the service's choices for this process, nothing else):
+- service: what a job does (channels_last for conv nets, bf16 autocast on CUDA, CUDA graphs
+  where the service uses them);
+- nchw: no channels_last; fp32: no autocast; nchw-fp32: both;
+- eager: the service's choices without CUDA graphs;
+- compile: `torch.compile` of the model's forward, eager steps (graphs off);
+- nobench: cudnn.benchmark off (cuDNN's heuristics instead of autotuning).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -20,55 +35,120 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+from service.training import loop  # noqa: E402
 from service.training.config import TrainConfig  # noqa: E402
-from service.training.loop import prepare_classifier  # noqa: E402
+from service.training.graphed import ENV_SWITCH as GRAPHS_SWITCH  # noqa: E402
+from service.worker.allocator import keep_freed_memory  # noqa: E402
+
+VARIANTS = ("service", "eager", "nchw", "fp32", "nchw-fp32", "compile", "nobench")
+WARMUP_STEPS = 3
 
 
-def profile_model(name: str, batch_size: int, steps: int, device: torch.device, rows: int) -> None:
+@contextlib.contextmanager
+def variant_patches(variant: str):
+    """The service's training path with one of its choices changed, for this process only."""
+    if variant not in VARIANTS:
+        raise SystemExit(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    with contextlib.ExitStack() as stack:
+        env = {GRAPHS_SWITCH: "0"} if variant in ("eager", "compile") else {}
+        stack.enter_context(mock.patch.dict(os.environ, env))
+        if "nchw" in variant:  # the runner and prepare_classifier both ask _has_conv
+            stack.enter_context(mock.patch.object(loop, "_has_conv", lambda model: False))
+        if "fp32" in variant:
+            stack.enter_context(
+                mock.patch.object(loop._Runner, "autocast", lambda self: contextlib.nullcontext())
+            )
+        yield
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def profile_model(
+    name: str, variant: str, batch_size: int, steps: int, device: torch.device, rows: int
+) -> dict:
     config = TrainConfig(model=name, batch_size=batch_size, optimizer="sgd", lr=0.01)
     n = 8 * batch_size
     images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (n,), device=device)
-    torch.backends.cudnn.benchmark = device.type == "cuda"
-    run = prepare_classifier(config, images, labels, 10, device)
-    run.model.train()
-    step = run.steps(batch_size)
-    batches = [torch.randperm(n, device=device)[:batch_size] for _ in range(steps)]
-    for b in batches:  # warm-up: cuDNN picks its algorithms, graphs get captured
-        step(b)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for b in batches:
-        step(b)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    per_step = (time.perf_counter() - start) / steps
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    torch.backends.cudnn.benchmark = device.type == "cuda" and variant != "nobench"
+    torch.manual_seed(0)
+    with variant_patches(variant):
+        run = loop.prepare_classifier(config, images, labels, 10, device)
+        if variant == "compile":
+            run.model.forward = torch.compile(run.model.forward)
+        run.model.train()
+        step = run.steps(batch_size)
+        batches = [torch.randperm(n, device=device)[:batch_size] for _ in range(steps)]
+        _sync(device)
+        start = time.perf_counter()
+        for b in batches[:WARMUP_STEPS]:  # cuDNN autotuning, graph capture, compilation
+            step(b)
+        _sync(device)
+        warmup_s = time.perf_counter() - start
         for b in batches:
             step(b)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    print(
-        f"\n## {name}, batch {batch_size}: {per_step * 1e3:.2f} ms per step, "
-        f"{batch_size / per_step:,.0f} examples/s ({type(step).__name__})"
-    )
-    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    print(prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60))
+        _sync(device)
+        start = time.perf_counter()
+        for b in batches:
+            step(b)
+        _sync(device)
+        per_step = (time.perf_counter() - start) / steps
+        print(
+            f"\n## {name} [{variant}], batch {batch_size}: {per_step * 1e3:.2f} ms per step, "
+            f"{batch_size / per_step:,.0f} examples/s ({type(step).__name__}); "
+            f"first {WARMUP_STEPS} steps {warmup_s:.2f} s",
+            flush=True,
+        )
+        if rows:
+            cuda = device.type == "cuda"
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+            with profile(activities=activities) as prof:
+                for b in batches:
+                    step(b)
+                _sync(device)
+            sort = "cuda_time_total" if cuda else "cpu_time_total"
+            print(prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60))
+    return {"model": name, "variant": variant, "ms": per_step * 1e3, "warmup_s": warmup_s}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="vgg,alexnet")
+    parser.add_argument("--variants", default="service", help=f"comma list of {','.join(VARIANTS)}")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rows", type=int, default=15)
+    parser.add_argument("--no-table", action="store_true", help="step times only, no profile")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as a job's process does
     device = torch.device(args.device)
-    for name in args.models.split(","):
-        profile_model(name.strip(), args.batch_size, args.steps, device, args.rows)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    results = [
+        profile_model(
+            name.strip(),
+            variant,
+            args.batch_size,
+            args.steps,
+            device,
+            0 if args.no_table else args.rows,
+        )  # fmt: skip
+        for name in args.models.split(",")
+        for variant in variants
+    ]
+    if len(variants) > 1:
+        print(f"\n| model | {' | '.join(variants)} |  (ms per step, batch {args.batch_size})")
+        print("|---|" + "---:|" * len(variants))
+        for name in dict.fromkeys(r["model"] for r in results):
+            cells = [
+                f"{r['ms']:.2f} (warm-up {r['warmup_s']:.1f} s)"
+                for r in results
+                if r["model"] == name
+            ]
+            print(f"| {name} | {' | '.join(cells)} |")
     return 0
 
 
