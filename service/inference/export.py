@@ -6,13 +6,15 @@ model's input side; resize first, as ``models.to_model_input`` does) and gives
 batch axis is dynamic. That is the tensor contract of ``/v2/models/{id}/infer`` too.
 Files are written once per job next to its weights (``jobs/<id>/export/``) and reused; where
 the artifact directory is read-only (a shared volume mounted so), they go to a private temp
-directory of this process instead.
+directory of this process instead, removed when the process exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
+import shutil
 import tempfile
 import threading
 import warnings
@@ -87,6 +89,18 @@ def _fallback_path(artifact_dir: Path, job_id: int, fmt: str, *, create: bool) -
             _fallback_root = Path(tempfile.mkdtemp(prefix="trainserve-export-"))
     key = hashlib.sha256(str(artifact_dir.resolve()).encode()).hexdigest()[:16]
     return _fallback_root / key / str(job_id) / FILE_NAMES[fmt]
+
+
+def remove_fallback_files() -> None:
+    """Delete this process's temp export files (at exit: nothing else would)."""
+    global _fallback_root
+    with _locks_guard:
+        root, _fallback_root = _fallback_root, None
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+atexit.register(remove_fallback_files)
 
 
 def _lock_for(job_id: int, fmt: str) -> threading.Lock:

@@ -21,6 +21,7 @@ from service.inference import (
     ModelCache,
     QueueFull,
     decode_npy,
+    export,
     is_npy,
     tensor_pixels,
 )
@@ -336,3 +337,7 @@ def test_export_from_a_read_only_artifact_dir(
     path = export_model(artifact_dir, loaded, "torchscript")
     assert not path.resolve().is_relative_to(artifact_dir.resolve()) and path.stat().st_size > 0
     assert export_model(artifact_dir, loaded, "torchscript") == path and written == [path]
+    export.remove_fallback_files()  # what runs at exit
+    assert not path.exists()
+    assert export_model(artifact_dir, loaded, "torchscript").is_file()  # a new temp dir
+    export.remove_fallback_files()
