@@ -2,8 +2,9 @@
 
 Every job runs in a fresh process (a crash, an out-of-memory kill or leaked GPU memory ends
 that job only). Starting one costs seconds before the first batch: the interpreter, torch and
-the training code (about 2 s on the 2-core CPU machine), the device (a CUDA context, cuBLAS
-and cuDNN) and the Fashion-MNIST files (0.5 s). A worker keeps one such process waiting: it
+the training code (about 2 s on the 2-core CPU machine), torch._dynamo (which the first
+optimizer of a process imports: 3.8 s there), the device (a CUDA context, cuBLAS and cuDNN) and
+the Fashion-MNIST files (0.5 s). A worker keeps one such process waiting: it
 pays those costs while the worker looks for work, then receives its job through a pipe and
 becomes the job's process (``child.job_process_main``). A standby that is never used exits
 when the pipe closes or when its worker is gone.
@@ -89,6 +90,7 @@ def standby_main(
 def warm_up(settings: Settings, device: str) -> None:
     """Import the training code, open the device, read Fashion-MNIST into the loader's cache."""
     import torch
+    import torch._dynamo  # noqa: F401  (torch.optim.Optimizer() imports it on first use)
 
     from service.training.data import DatasetError, load_dataset
     from service.worker import execute  # noqa: F401  (imports the models and training code)
