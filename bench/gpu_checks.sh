@@ -71,6 +71,7 @@ for stage in $STAGES; do
     pytest)  # the training loop on CUDA: bf16, channels_last, resume, CUDA graphs vs eager.
       # No conftest: tests/conftest.py imports the server fixtures' dependencies.
       run pytest $PY -m pytest -m gpu tests/unit/test_training.py tests/unit/test_cuda_graphs.py \
+        tests/unit/test_standby.py \
         -q --noconftest -p no:cacheprovider ;;
     models)  # (a) the course's DataLoader loop vs (b) train(): all six nets, one epoch each,
       # (b) with and without CUDA graphs

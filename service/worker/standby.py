@@ -18,10 +18,13 @@ import multiprocessing
 import os
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.config import Settings
 from service.worker.child import job_process_main, prepare_process
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 # spawn, not fork: a job process must not inherit CUDA state or the worker's DB connections.
@@ -88,7 +91,7 @@ def standby_main(
 
 
 def warm_up(settings: Settings, device: str) -> None:
-    """Import the training code, open the device, read Fashion-MNIST into the loader's cache."""
+    """Import the training code, set the device up, read Fashion-MNIST into the loader's cache."""
     import torch
     import torch._dynamo  # noqa: F401  (torch.optim.Optimizer() imports it on first use)
 
@@ -98,7 +101,25 @@ def warm_up(settings: Settings, device: str) -> None:
     target = torch.device(device)
     if target.type == "cuda":
         torch.cuda.set_device(target)
-        torch.zeros(1, device=target)  # the CUDA context
+    use_kernel_libraries(target)
     # Not installed here: the jobs that need it fail with the loader's message.
     with contextlib.suppress(DatasetError):
         load_dataset("fashion-mnist", settings.data_dir)
+
+
+def use_kernel_libraries(device: torch.device) -> None:
+    """One tiny training step's worth of ops, so that the device's libraries are loaded and set
+    up before a job needs them: on CUDA the context, cuBLAS and cuDNN (each loads and creates
+    its handle on first use), on the CPU oneDNN. Shapes differ from any job's, so no job's
+    cuDNN autotuning is done here."""
+    import torch
+
+    x = torch.rand(2, 1, 8, 8, device=device)
+    conv = torch.nn.Conv2d(1, 4, 3).to(device)
+    weight = torch.zeros(3, 4 * 6 * 6, device=device, requires_grad=True)
+    cuda = device.type == "cuda"
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
+        logits = torch.nn.functional.linear(conv(x).flatten(1), weight)
+    logits.float().sum().backward()
+    if cuda:
+        torch.cuda.synchronize(device)

@@ -6,8 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from service.config import Settings
-from service.worker.standby import Standby
+from service.worker.standby import Standby, use_kernel_libraries
 
 
 def _settings_data(tmp_path) -> dict:
@@ -63,3 +66,14 @@ def test_after_the_warm_up_a_job_imports_nothing() -> None:
         check=True,
     )
     assert done.stdout.split() == []
+
+
+@pytest.mark.gpu
+def test_the_warm_up_step_runs_on_cuda() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    use_kernel_libraries(torch.device("cuda", torch.cuda.current_device()))  # bf16 autocast
+
+
+def test_the_warm_up_step_runs_on_the_cpu() -> None:
+    use_kernel_libraries(torch.device("cpu"))
