@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
+from service.training.checkpoint_writer import CheckpointWriter
 from service.training.config import DEFAULT_INIT_STD, TrainConfig
 from service.training.data import Splits, load_dataset, make_splits
 from service.training.graphed import GraphedSteps, cuda_graphs_enabled
@@ -233,7 +234,7 @@ def _checkpoint_state(
         "version": CHECKPOINT_VERSION,
         "config": _config_key(config),
         "epoch": epoch,
-        "model": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
+        "model": model.state_dict(),  # live tensors: CheckpointWriter.submit copies them
         "optimizer": optimizer.state_dict(),
         "rng_state": torch.get_rng_state(),
         "cuda_rng_state": torch.cuda.get_rng_state(runner.device) if runner.cuda else None,
@@ -420,60 +421,69 @@ def fit(
     model, runner = run.model, run.runner
     steps = run.steps(config.batch_size)
     eval_batch = max(config.batch_size, EVAL_BATCH_MIN)
-    for epoch in range(start_epoch, config.epochs + 1):
-        if should_stop():
-            raise TrainingCancelled(f"training cancelled before epoch {epoch}")
-        epoch_start = time.perf_counter()
-        sums = run_epoch(
-            run.objective,
-            model,
-            run.optimizer,
-            n_train=run.n_train,
-            config=config,
-            generator=run.generator,
-            device=device,
-            epoch=epoch,
-            should_stop=should_stop,
-            shard=shard,
-            steps=steps,
-        )
-        train_loss = sums.loss_sum.item() / sums.examples  # the epoch's one host sync
-        train_acc = sums.correct.item() / sums.examples
-        train_seconds = time.perf_counter() - epoch_start
-        if not math.isfinite(train_loss):
-            raise diverged(config, epoch, "training loss", train_loss)
-        val_loss, val_acc = evaluate(model, runner, val_x, val_y, eval_batch, should_stop)
-        if not math.isfinite(val_loss):
-            raise diverged(config, epoch, "validation loss", val_loss)
-        metrics = EpochMetrics(
-            epoch=epoch,
-            train_loss=train_loss,
-            train_acc=train_acc,
-            val_loss=val_loss,
-            val_acc=val_acc,
-            examples_per_sec=sums.examples / max(train_seconds, 1e-9),
-            seconds=time.perf_counter() - epoch_start,
-        )
-        history.append(metrics)
-        # Report first, checkpoint second: a crash in between redoes this epoch on resume and
-        # overwrites its row (idempotent), where the other order would skip the row for good.
-        if lead:
-            on_epoch(metrics)
-        if checkpoint_path is not None and lead:
-            save_checkpoint(
-                checkpoint_path,
-                _checkpoint_state(
-                    config, epoch, model, run.optimizer, run.generator, history, runner
-                ),
+    writer = None  # the next epoch trains while the last one's checkpoint is written
+    if checkpoint_path is not None and lead:
+        writer = CheckpointWriter(checkpoint_path, save_checkpoint)
+    try:
+        for epoch in range(start_epoch, config.epochs + 1):
+            if should_stop():
+                raise TrainingCancelled(f"training cancelled before epoch {epoch}")
+            epoch_start = time.perf_counter()
+            sums = run_epoch(
+                run.objective,
+                model,
+                run.optimizer,
+                n_train=run.n_train,
+                config=config,
+                generator=run.generator,
+                device=device,
+                epoch=epoch,
+                should_stop=should_stop,
+                shard=shard,
+                steps=steps,
             )
+            train_loss = sums.loss_sum.item() / sums.examples  # the epoch's one host sync
+            train_acc = sums.correct.item() / sums.examples
+            train_seconds = time.perf_counter() - epoch_start
+            if not math.isfinite(train_loss):
+                raise diverged(config, epoch, "training loss", train_loss)
+            val_loss, val_acc = evaluate(model, runner, val_x, val_y, eval_batch, should_stop)
+            if not math.isfinite(val_loss):
+                raise diverged(config, epoch, "validation loss", val_loss)
+            metrics = EpochMetrics(
+                epoch=epoch,
+                train_loss=train_loss,
+                train_acc=train_acc,
+                val_loss=val_loss,
+                val_acc=val_acc,
+                examples_per_sec=sums.examples / max(train_seconds, 1e-9),
+                seconds=time.perf_counter() - epoch_start,
+            )
+            history.append(metrics)
+            # Report first, checkpoint second: a crash in between redoes this epoch on resume and
+            # overwrites its row (idempotent), where the other order would skip the row for good.
+            if lead:
+                on_epoch(metrics)
+            if writer is not None:
+                writer.submit(
+                    _checkpoint_state(
+                        config, epoch, model, run.optimizer, run.generator, history, runner
+                    )
+                )
 
-    del val_x, val_y
-    test_loss, test_acc = math.nan, math.nan
-    if len(splits.test_labels):
-        test_x, test_y = splits.test_images.to(device), splits.test_labels.to(device)
-        test_loss, test_acc = evaluate(model, runner, test_x, test_y, eval_batch, should_stop)
-        if not math.isfinite(test_loss):
-            raise diverged(config, config.epochs, "test loss", test_loss)
+        del val_x, val_y
+        test_loss, test_acc = math.nan, math.nan
+        if len(splits.test_labels):
+            test_x, test_y = splits.test_images.to(device), splits.test_labels.to(device)
+            test_loss, test_acc = evaluate(model, runner, test_x, test_y, eval_batch, should_stop)
+            if not math.isfinite(test_loss):
+                raise diverged(config, config.epochs, "test loss", test_loss)
+    except BaseException:
+        if writer is not None:
+            writer.close(raise_errors=False)  # the error on its way matters more
+        raise
+    if writer is not None:
+        writer.close()
 
     model.to("cpu")
     if runner.channels_last:
