@@ -7,6 +7,7 @@ per-epoch examples/s from /jobs/{id}/metrics. Standard library only.
     python bench/service_e2e.py                                   # VGG, 10 epochs, its defaults
     python bench/service_e2e.py --model lenet --epochs 2 --batch-size 512
     python bench/service_e2e.py --body '{"model": "lenet", "dataset": "synthetic", "epochs": 1}'
+    python bench/service_e2e.py --model softmax --epochs 1 --jobs 5   # a queue: the span
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--body", default=None, help="JSON job fields, applied over the flags")
     parser.add_argument("--poll", type=float, default=0.2, help="seconds between GET /jobs/{id}")
     parser.add_argument("--timeout", type=float, default=6 * 3600, help="give up after (s)")
+    parser.add_argument("--jobs", type=int, default=1, help="submit N copies at once (seeds 1..N)")
     args = parser.parse_args(argv)
 
     base = args.url.rstrip("/")
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.body:
         body.update(json.loads(args.body))
 
+    if args.jobs > 1:
+        return queue_of_jobs(base, body, args)
     start = time.perf_counter()
     job = request("POST", f"{base}/jobs", body)
     job_id = job["id"]
@@ -93,6 +97,32 @@ def main(argv: list[str] | None = None) -> int:
             f"| {m['train_loss']:.4f} | {m['val_acc']:.4f} |"
         )
     return 0
+
+
+def queue_of_jobs(base: str, body: dict, args: argparse.Namespace) -> int:
+    """--jobs N: N copies submitted at once (seeds 1..N); each one's wall time and the span."""
+    start = time.perf_counter()
+    ids = [
+        request("POST", f"{base}/jobs", {**body, "seed": k})["id"] for k in range(1, args.jobs + 1)
+    ]
+    print(f"jobs {ids} submitted: {json.dumps(body)}", flush=True)
+    done: dict[int, tuple[str, float]] = {}
+    while len(done) < len(ids):
+        if time.perf_counter() - start > args.timeout:
+            print(f"jobs {sorted(set(ids) - set(done))} unfinished after {args.timeout:g} s")
+            return 1
+        time.sleep(args.poll)
+        for job_id in ids:
+            if job_id not in done:
+                job = request("GET", f"{base}/jobs/{job_id}")
+                if job["status"] in TERMINAL:
+                    done[job_id] = (job["status"], time.perf_counter() - start)
+    for job_id in ids:
+        status, wall = done[job_id]
+        print(f"job {job_id} {status}: {wall:.2f} s after the first submit")
+    span = max(wall for _, wall in done.values())
+    print(f"{len(ids)} jobs: {span:.2f} s from the first submit to the last finish")
+    return 0 if all(status == "succeeded" for status, _ in done.values()) else 1
 
 
 if __name__ == "__main__":

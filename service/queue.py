@@ -297,6 +297,13 @@ def claim_next_job(engine: Engine, owner: str, lease_seconds: float) -> ClaimedJ
     return ClaimedJob(id=row.id, token=token, config=dict(row.config), attempt=row.attempts)
 
 
+def has_queued_jobs(engine: Engine) -> bool:
+    """Whether any job waits in the queue (eligible now or after its backoff)."""
+    stmt = select(JOBS.c.id).where(JOBS.c.status == JobStatus.QUEUED.value).limit(1)
+    with engine.connect() as conn:
+        return conn.execute(stmt).first() is not None
+
+
 def _leased(job_id: int, token: str) -> ColumnElement[bool]:
     return and_(
         JOBS.c.id == job_id,

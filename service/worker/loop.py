@@ -116,6 +116,18 @@ class Worker:
             raise RuntimeError("the job process died before it was given its job")
         return process
 
+    def _warm_next_if_queued(self) -> None:
+        """With more jobs waiting, warm the next job's process while this one runs, so that
+        queued jobs start at once. Without, wait until this job ends: on a CPU the warm-up
+        would take cores from the running job."""
+        try:
+            waiting = queue.has_queued_jobs(self.engine)
+        except Exception:  # the database is away: warm up after the job, as without a queue
+            log.debug("worker %s: could not look at the queue", self.name, exc_info=True)
+            return
+        if waiting:
+            self._standby = Standby(self._settings_data(), self.device)
+
     # --- one job -----------------------------------------------------------------------------
 
     def run_job(self, claimed: queue.ClaimedJob) -> None:
@@ -133,6 +145,7 @@ class Worker:
         keeper.start()
         try:
             process = self._job_process(claimed)
+            self._warm_next_if_queued()
             self._supervise(process, keeper)
         finally:
             keeper.stop()

@@ -346,6 +346,17 @@ def test_tokens_differ_between_claims(db: Db) -> None:
     assert claim(db).token != claim(db).token
 
 
+def test_has_queued_jobs_sees_waiting_jobs_only(db: Db) -> None:
+    assert not queue.has_queued_jobs(db.engine)
+    db.submit()
+    assert queue.has_queued_jobs(db.engine)
+    claim(db)  # running now: nothing waits
+    assert not queue.has_queued_jobs(db.engine)
+    backing_off = db.submit()
+    db.set(backing_off, not_before=datetime(2999, 1, 1, tzinfo=UTC))
+    assert queue.has_queued_jobs(db.engine)  # it waits, only later
+
+
 def test_concurrent_claims_take_every_job_exactly_once(db: Db) -> None:
     jobs, threads = 60, 6
     with db.sessions() as session:

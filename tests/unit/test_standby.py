@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from service.cli import migrate
 from service.config import Settings
+from service.db import make_session_factory
+from service.queue import submit_job
+from service.worker import loop
 from service.worker.standby import Standby, use_kernel_libraries
 
 
@@ -77,3 +81,23 @@ def test_the_warm_up_step_runs_on_cuda() -> None:
 
 def test_the_warm_up_step_runs_on_the_cpu() -> None:
     use_kernel_libraries(torch.device("cpu"))
+
+
+def test_the_next_process_warms_during_a_job_only_when_jobs_wait(tmp_path, monkeypatch) -> None:
+    """A queue of jobs gets its next process warmed while the current job runs; a lone job
+    does not share its cores with a warm-up it does not need."""
+    settings = Settings(state_dir=tmp_path)
+    migrate(settings)
+    started: list[str] = []
+    monkeypatch.setattr(loop, "Standby", lambda data, device: started.append(device) or device)
+    worker = loop.Worker(settings, device="cpu")
+    try:
+        worker._warm_next_if_queued()
+        assert started == [] and worker._standby is None  # nothing waits
+        with make_session_factory(worker.engine)() as session:
+            submit_job(session, {"model": "softmax", "dataset": "synthetic", "epochs": 1})
+        worker._warm_next_if_queued()
+        assert started == ["cpu"] and worker._standby == "cpu"
+    finally:
+        worker._standby = None
+        worker.engine.dispose()
