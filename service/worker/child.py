@@ -8,6 +8,7 @@ SIGTERM asks the job to stop between two batches; its worker then writes the out
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -21,6 +22,13 @@ from service.worker.execute import Outcome, execute_job
 
 # Fault injection for the tests, never set in production: "job-process-crash".
 FAILPOINT_ENV = "TRAINSERVE_FAILPOINT"
+
+
+def worker_gone() -> bool:
+    """Whether the worker that started this process has exited (the parent of a forked
+    process is the fork server; multiprocessing keeps a pipe from the worker instead)."""
+    parent = multiprocessing.parent_process()
+    return parent is not None and not parent.is_alive()
 
 
 def prepare_process(settings: Settings) -> None:
@@ -42,7 +50,6 @@ def job_process_main(
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    parent = os.getppid()
     if os.environ.get(FAILPOINT_ENV) == "job-process-crash":
         os._exit(70)  # fault tests: a job whose process dies every time
     settings = Settings(**settings_data)
@@ -50,7 +57,7 @@ def job_process_main(
     try:
         outcome = execute_job(
             engine, settings, job_id, token, config, device=device, stop=stop,
-            should_stop_extra=lambda: os.getppid() != parent,  # our worker died
+            should_stop_extra=worker_gone,
         )  # fmt: skip
     finally:
         engine.dispose()

@@ -2,12 +2,20 @@
 
 Every job runs in a fresh process (a crash, an out-of-memory kill or leaked GPU memory ends
 that job only). Starting one costs seconds before the first batch: the interpreter, torch and
-the training code (about 2 s on the 2-core CPU machine), torch._dynamo (which the first
-optimizer of a process imports: 3.8 s there), the device (a CUDA context, cuBLAS and cuDNN) and
-the Fashion-MNIST files (0.5 s). A worker keeps one such process waiting: it
-pays those costs while the worker looks for work, then receives its job through a pipe and
-becomes the job's process (``child.job_process_main``). A standby that is never used exits
-when the pipe closes or when its worker is gone.
+the training code, torch._dynamo (which the first optimizer of a process imports), together
+5.2 s on the 2-core CPU machine; then the device (a CUDA context, cuBLAS and cuDNN) and the
+Fashion-MNIST files (0.5 s). Two things hide that cost:
+- the imports are done once, in a fork server (``multiprocessing``'s forkserver, with those
+  modules preloaded); every job process is forked from it, imports done, and then sets up its
+  device itself (the server never touches one, so no CUDA state is ever forked);
+- a worker keeps one such process waiting: it sets up the device and reads the data while the
+  worker looks for work, then receives its job through a pipe and becomes the job's process
+  (``child.job_process_main``). A standby that is never used exits when the pipe closes or
+  when its worker is gone.
+
+Not a plain fork of the worker: a job must not inherit the worker's DB connections or threads.
+The fork server's environment is the worker's when it started it: set environment variables
+for jobs before the worker starts.
 """
 
 from __future__ import annotations
@@ -15,20 +23,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import os
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from service.config import Settings
-from service.worker.child import job_process_main, prepare_process
+from service.worker.child import job_process_main, prepare_process, worker_gone
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
-# spawn, not fork: a job process must not inherit CUDA state or the worker's DB connections.
-SPAWN = multiprocessing.get_context("spawn")
+JOB_PROCESSES = multiprocessing.get_context("forkserver")
+# Imported once by the fork server (a module that fails to import is skipped, not fatal).
+PRELOAD = ["torch", "torch._dynamo", "service.worker.execute", "service.worker.standby"]
 PARENT_CHECK_SECONDS = 1.0  # how often a waiting standby looks whether its worker is alive
 
 
@@ -36,10 +44,11 @@ class Standby:
     """One warm process waiting for a job of this worker."""
 
     def __init__(self, settings_data: dict[str, Any], device: str) -> None:
-        receive, self._send = SPAWN.Pipe(duplex=False)
-        self.process = SPAWN.Process(
+        JOB_PROCESSES.set_forkserver_preload(PRELOAD)  # used when the server first starts
+        receive, self._send = JOB_PROCESSES.Pipe(duplex=False)
+        self.process = JOB_PROCESSES.Process(
             target=standby_main,
-            args=(receive, settings_data, device, os.getpid()),
+            args=(receive, settings_data, device),
             name="trainserve-standby",
         )
         self.process.start()
@@ -68,9 +77,7 @@ class Standby:
             self.process.join()
 
 
-def standby_main(
-    jobs: Connection, settings_data: dict[str, Any], device: str, worker_pid: int
-) -> None:
+def standby_main(jobs: Connection, settings_data: dict[str, Any], device: str) -> None:
     settings = Settings(**settings_data)
     prepare_process(settings)
     try:
@@ -78,8 +85,8 @@ def standby_main(
     except Exception as exc:  # the job will meet the same problem and report it
         logging.getLogger(__name__).warning("standby warm-up failed: %s", exc)
     while True:
-        if os.getppid() != worker_pid:
-            return  # the worker is gone
+        if worker_gone():
+            return
         try:
             if jobs.poll(PARENT_CHECK_SECONDS):
                 job_id, token, config = jobs.recv()
