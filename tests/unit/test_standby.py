@@ -14,7 +14,7 @@ from service.config import Settings
 from service.db import make_session_factory
 from service.queue import submit_job
 from service.worker import loop
-from service.worker.standby import Standby, use_kernel_libraries
+from service.worker.standby import JOB_PROCESSES, PRELOAD, Standby, use_kernel_libraries
 
 
 def _settings_data(tmp_path) -> dict:
@@ -101,3 +101,16 @@ def test_the_next_process_warms_during_a_job_only_when_jobs_wait(tmp_path, monke
     finally:
         worker._standby = None
         worker.engine.dispose()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_a_process_from_the_fork_server_sets_up_its_device(device: str) -> None:
+    """The fork server has imported torch but must never have touched CUDA: a process forked
+    after CUDA is initialised cannot use it."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    JOB_PROCESSES.set_forkserver_preload(PRELOAD)
+    process = JOB_PROCESSES.Process(target=use_kernel_libraries, args=(torch.device(device),))
+    process.start()
+    process.join(120)
+    assert process.exitcode == 0
