@@ -83,7 +83,7 @@ def standby_main(jobs: Connection, settings_data: dict[str, Any], device: str) -
     try:
         warm_up(settings, device)
     except Exception as exc:  # the job will meet the same problem and report it
-        logging.getLogger(__name__).warning("standby warm-up failed: %s", exc)
+        log.warning("standby warm-up failed: %s", exc)
     while True:
         if worker_gone():
             return
