@@ -4,6 +4,7 @@ an fsspec artifact URL; an idle worker starts a queued job within a second."""
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -22,17 +23,23 @@ def test_api_and_standalone_worker_on_other_disks(
         fleet.start_worker("gpu-box-1")
         api = start_server(postgres_url, workers=0, state_dir=tmp_path / "api-machine", env=remote)
         client = httpx.Client(base_url=api.url, timeout=60)
-        time.sleep(3)  # let the worker start polling
-        submitted = time.monotonic()
-        job = client.post(
-            "/jobs",
-            json={"model": "softmax", "dataset": "synthetic", "epochs": 1, "batch_size": 64},
-        ).json()
-        wait_for_status(client, job["id"], {"running", "succeeded"}, timeout=10)
-        claim_latency = time.monotonic() - submitted
-        assert claim_latency < 1.5  # polling every 0.2 s here; 0.5 s by default
+        body = {"model": "softmax", "dataset": "synthetic", "epochs": 1, "batch_size": 64}
+
+        # The first job meets a worker still importing torch; the latency promise is for an
+        # idle worker, so measure on the second, submitted once the worker has settled.
+        first_id = client.post("/jobs", json=body).json()["id"]
+        first = wait_for_status(client, first_id, {"succeeded", "failed"}, timeout=120)
+        assert first["status"] == "succeeded", first["error"]
+        time.sleep(3)  # the next job's process warms up; then the worker only polls
+        job = client.post("/jobs", json=body).json()
         job = wait_for_status(client, job["id"], {"succeeded", "failed"}, timeout=120)
         assert job["status"] == "succeeded", job["error"]
+        # Both stamps come from the database's clock: submission to claim, without the
+        # HTTP round trips and this test's own polling.
+        claim_latency = (
+            datetime.fromisoformat(job["started_at"]) - datetime.fromisoformat(job["created_at"])
+        ).total_seconds()
+        assert 0 <= claim_latency < 1.0  # polling every 0.2 s here; 0.5 s by default
 
         # The model was written on the worker's disk and the shared URL, never the API's disk.
         assert not (tmp_path / "api-machine" / "artifacts" / "jobs" / str(job["id"])).exists()
