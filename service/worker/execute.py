@@ -48,9 +48,13 @@ class Outcome(enum.IntEnum):
     LEASE_LOST = 11  # another worker owns the job: write nothing
 
 
+# CUDA says "out of memory"; torch's CPU allocator says "can't allocate memory".
+_OUT_OF_MEMORY_WORDS = ("out of memory", "can't allocate memory")
+
+
 def out_of_memory_message(exc: BaseException, config: TrainConfig) -> str | None:
-    text = str(exc)
-    if "out of memory" not in text.lower():
+    text = str(exc).lower()
+    if not isinstance(exc, MemoryError) and not any(w in text for w in _OUT_OF_MEMORY_WORDS):
         return None
     return (
         f"the device ran out of memory at batch size {config.batch_size}; "
