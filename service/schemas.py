@@ -23,6 +23,7 @@ from service.training.config import (
 from service.training.data import IMAGE_DATASETS, KNOWN_DATASETS, is_stored_id
 
 OptimizerName = Literal["sgd", "momentum", "adam"]
+LrScheduleName = Literal["constant", "cosine", "onecycle"]
 JobKindName = Literal["train", "lr_find", "kfold"]
 DatasetKindName = Literal["image", "regression"]
 ALL_MODELS = models.list_models() + models.list_regression_models()
@@ -160,6 +161,12 @@ class JobCreate(BaseModel):
         "that rate x (1 - 0.9) for momentum, the model's adam_lr for adam (GET /catalog)",
     )
     optimizer: OptimizerName = "sgd"
+    lr_schedule: LrScheduleName = Field(
+        default="constant",
+        description="The lr of each step: constant | cosine: from lr down towards 0 over the "
+        "run | onecycle: up from lr/25 to lr over the first 30% of the steps, then down to "
+        "lr/250000 (torch's OneCycleLR shape, no momentum cycling). lr is the peak",
+    )
     seed: int | None = Field(
         default=None, ge=0, le=2**31 - 1, description="Random seed; default: drawn and stored"
     )
@@ -229,6 +236,7 @@ class JobCreate(BaseModel):
             epochs=self.epochs,
             lr=self.lr if self.lr is not None else default_lr(self.model, self.optimizer),
             optimizer=self.optimizer,
+            lr_schedule=self.lr_schedule,
             seed=self.seed if self.seed is not None else random.randrange(2**31),
             resize=self.resize,
             val_fraction=self.val_fraction,
@@ -292,6 +300,8 @@ class JobCreate(BaseModel):
             problems.append(("k", "only for kind 'kfold'"))
         if self.kind != "lr_find":
             problems += [(n, "only for kind 'lr_find'") for n in LR_FIND_FIELDS if n in given]
+        elif self.lr_schedule != "constant":
+            problems.append(("lr_schedule", "not for kind 'lr_find': it sweeps the lr itself"))
         if self.devices > 1:
             if self.kind != "train" or spec.task != "classification":
                 problems.append(("devices", "more than 1 only for kind 'train' of a classifier"))
@@ -338,6 +348,7 @@ class JobPublic(BaseModel):
     epochs: int
     lr: float
     optimizer: str
+    lr_schedule: str
     seed: int
     resize: int | None
     input_side: int | None  # None for linear (feature vectors, no images)

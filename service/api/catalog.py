@@ -1,11 +1,12 @@
-"""What can be trained: networks with their course defaults, datasets, optimizers."""
+"""What can be trained: networks with their course defaults, datasets, optimizers, lr
+schedules."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 import models
-from service.training.config import OPTIMIZERS
+from service.training.config import LR_SCHEDULES, OPTIMIZERS
 from service.training.data import KNOWN_DATASETS
 
 router = APIRouter(tags=["catalog"])
@@ -29,4 +30,9 @@ def catalog() -> dict[str, object]:
                 "has_dropout": spec.has_dropout,
             }
         )
-    return {"models": networks, "datasets": list(KNOWN_DATASETS), "optimizers": list(OPTIMIZERS)}
+    return {
+        "models": networks,
+        "datasets": list(KNOWN_DATASETS),
+        "optimizers": list(OPTIMIZERS),
+        "lr_schedules": list(LR_SCHEDULES),
+    }

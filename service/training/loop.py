@@ -178,10 +178,25 @@ def evaluate(
 
 
 def _config_key(config: TrainConfig) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed (everything but the epoch count)."""
+    """What must match for a checkpoint to be resumed: everything but the epoch count, unless
+    the lr follows a schedule, whose every step's rate depends on the run's length."""
     key = config.to_dict()
-    key.pop("epochs", None)
+    if config.lr_schedule == "constant":
+        key.pop("epochs", None)
     return key
+
+
+def _same_config(state: dict[str, Any], config: TrainConfig) -> bool:
+    """Whether the checkpoint was made by ``config`` (its epoch count aside). A field added to
+    TrainConfig since the checkpoint was written takes its default, which reproduces the old
+    behaviour, so a job running across an upgrade still resumes."""
+    stored = state.get("config")
+    if not isinstance(stored, dict):
+        return False
+    try:
+        return TrainConfig.from_dict({"epochs": config.epochs, **stored}) == config
+    except TypeError:  # not a config at all
+        return False
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -206,7 +221,7 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any] | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("version") != CHECKPOINT_VERSION or state.get("config") != _config_key(config):
+        if state.get("version") != CHECKPOINT_VERSION or not _same_config(state, config):
             log.warning("checkpoint %s belongs to another configuration; starting over", path)
             return None
         for key in ("model", "optimizer", "epoch", "rng_state", "generator_state", "metrics"):
@@ -298,7 +313,12 @@ def prepare_classifier(
     runner = _Runner(model, device, side)
     # Data-parallel: the forward goes through DDP, which averages gradients across ranks.
     forward: nn.Module = model if shard is None else _data_parallel(model, device)
-    graphs = shard is None and cuda_graphs_enabled(device, config.model, side)
+    # A captured step holds its lr as a constant, so a run whose lr changes steps eagerly.
+    graphs = (
+        shard is None
+        and config.lr_schedule == "constant"
+        and cuda_graphs_enabled(device, config.model, side)
+    )
 
     def objective(idx: torch.Tensor) -> StepOutput:
         x, y = runner.inputs(train_x[idx]), train_y[idx]

@@ -17,6 +17,7 @@ from torch import nn
 from service.training.batching import plan_epoch
 from service.training.config import TrainConfig
 from service.training.optim import l1_penalty, penalised_parameters
+from service.training.schedule import LrSchedule
 
 SHUFFLE_SEED_OFFSET = 0x5EED  # the shuffling stream differs from the split's stream
 
@@ -129,7 +130,8 @@ def run_epoch(
     shard: Shard | None = None,
     steps: EagerSteps | None = None,
 ) -> EpochSums:
-    """One pass of SGD steps in a freshly shuffled order, batched by config.last_batch.
+    """One pass of SGD steps in a freshly shuffled order, batched by config.last_batch, each at
+    the lr that config.lr_schedule gives it.
 
     ``steps`` runs each batch's step (default: eagerly; ``graphed.GraphedSteps`` replays a CUDA
     graph); pass the same one to every epoch of a run. With a shard (data-parallel training)
@@ -140,11 +142,14 @@ def run_epoch(
     order = torch.randperm(n_train, generator=generator)
     indices, bounds = plan_epoch(order, config.batch_size, config.last_batch, generator)
     indices = indices.to(device, non_blocking=True)
+    # Every epoch of a run has the same number of batches, so this one's count fixes the run's.
+    schedule = LrSchedule(config, len(bounds))
     examples = 0
     for step, (start, end) in enumerate(bounds):
         stop = should_stop() if shard is None else shard.agree_to_stop(should_stop, step)
         if stop:
             raise TrainingCancelled(f"training cancelled during epoch {epoch}")
+        schedule.apply(optimizer, epoch, step)
         batch = indices[start:end]
         steps(batch if shard is None else batch[shard.rank :: shard.world_size])
         examples += end - start

@@ -22,9 +22,11 @@ def test_each_kind_runs_and_reports(database_url: str, start_server) -> None:
         "linear": {"model": "linear", "dataset": "linreg-synthetic", "loss": "huber",
                    "lr": 0.1, "batch_size": 10, "epochs": 3},
         "lenet": {"model": "lenet", **QUICK, "activation": "relu", "pooling": "max",
-                  "init": "normal", "last_batch": "pad", "lr": 0.1, "epochs": 2},
+                  "init": "normal", "last_batch": "pad", "lr": 0.1, "epochs": 2,
+                  "lr_schedule": "onecycle"},
         "lr_find": {"model": "softmax", **QUICK, "kind": "lr_find", "steps": 40},
-        "kfold": {"model": "softmax", **QUICK, "kind": "kfold", "k": 2, "epochs": 1},
+        "kfold": {"model": "softmax", **QUICK, "kind": "kfold", "k": 2, "epochs": 1,
+                  "lr_schedule": "cosine"},
     }  # fmt: skip
     submitted = {}
     for name, body in bodies.items():
@@ -35,6 +37,9 @@ def test_each_kind_runs_and_reports(database_url: str, start_server) -> None:
     assert submitted["lenet"]["activation"] == "relu" and submitted["lenet"]["k"] is None
     assert submitted["lr_find"]["steps"] == 40 and submitted["lr_find"]["lr_min"] == 1e-6
     assert submitted["kfold"]["k"] == 2 and submitted["kfold"]["kind"] == "kfold"
+    assert [submitted[n]["lr_schedule"] for n in ("lenet", "kfold", "lr_find")] == [
+        "onecycle", "cosine", "constant"
+    ]  # fmt: skip
     assert all(job["result"] is None and job["diagnosis"] is None for job in submitted.values())
     jobs = {
         name: wait_for_status(client, job["id"], {"succeeded", "failed", "cancelled"})
@@ -71,6 +76,9 @@ def test_each_kind_runs_and_reports(database_url: str, start_server) -> None:
     predicted = client.post(f"/models/{lenet['id']}/predict", json={"instances": [[[0] * 28] * 28]})
     assert predicted.status_code == 200
     assert client.get("/jobs").json()["count"] == 4
+    catalog = client.get("/catalog").json()
+    assert catalog["optimizers"] == ["sgd", "momentum", "adam"]
+    assert catalog["lr_schedules"] == ["constant", "cosine", "onecycle"]
 
 
 def test_sweep_creates_one_job_per_point_and_ranks_them(database_url: str, start_server) -> None:
