@@ -187,9 +187,9 @@ def _config_key(config: TrainConfig) -> dict[str, Any]:
 
 
 def _same_config(state: dict[str, Any], config: TrainConfig) -> bool:
-    """Whether the checkpoint was made by ``config`` (its epoch count aside). A field added to
-    TrainConfig since the checkpoint was written takes its default, which reproduces the old
-    behaviour, so a job running across an upgrade still resumes."""
+    """Whether the checkpoint was made by ``config`` (see ``_config_key`` for the epoch count).
+    A field added to TrainConfig since the checkpoint was written takes its default, which
+    reproduces the old behaviour, so a job running across an upgrade still resumes."""
     stored = state.get("config")
     if not isinstance(stored, dict):
         return False
