@@ -348,6 +348,7 @@ def record_epoch(engine: Engine, job_id: int, token: str, metrics: dict[str, flo
         k: metrics[k]
         for k in ("train_loss", "train_acc", "val_loss", "val_acc", "examples_per_sec", "seconds")
     }
+    row["lr"] = metrics.get("lr")
     insert = postgresql.insert(METRICS) if dialect == "postgresql" else sqlite.insert(METRICS)
     upsert = insert.values(job_id=job_id, epoch=epoch, **row).on_conflict_do_update(
         index_elements=[METRICS.c.job_id, METRICS.c.epoch], set_=row

@@ -443,6 +443,7 @@ class EpochMetricPublic(BaseModel):
     val_acc: float | None
     examples_per_sec: float | None
     seconds: float | None
+    lr: float | None = Field(description="The learning rate of the epoch's last step")
 
     @classmethod
     def from_row(cls, row: EpochMetric) -> EpochMetricPublic:
@@ -457,6 +458,7 @@ class EpochMetricPublic(BaseModel):
                     "val_acc",
                     "examples_per_sec",
                     "seconds",
+                    "lr",
                 )
             },
         )

@@ -142,6 +142,7 @@ class EpochMetric(Base):
     val_acc: Mapped[float | None] = mapped_column(Float)  # NULL for regression
     examples_per_sec: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
+    lr: Mapped[float | None] = mapped_column(Float)  # the last step's; NULL in rows before 0003
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.current_timestamp()
     )

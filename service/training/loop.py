@@ -478,6 +478,7 @@ def fit(
                 val_acc=val_acc,
                 examples_per_sec=sums.examples / max(train_seconds, 1e-9),
                 seconds=time.perf_counter() - epoch_start,
+                lr=sums.lr,
             )
             history.append(metrics)
             # Report first, checkpoint second: a crash in between redoes this epoch on resume and

@@ -307,6 +307,7 @@ def fit_regression(
             val_acc=math.nan,
             examples_per_sec=sums.examples / max(train_seconds, 1e-9),
             seconds=time.perf_counter() - epoch_start,
+            lr=sums.lr,
         )
         history.append(metrics)
         on_epoch(metrics)

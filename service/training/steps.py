@@ -39,6 +39,7 @@ class EpochMetrics:
     val_acc: float  # NaN for regression
     examples_per_sec: float  # training examples / training seconds
     seconds: float  # the whole epoch, validation included
+    lr: float | None = None  # the learning rate of the epoch's last step (see lr_schedule)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -59,6 +60,7 @@ class EpochSums:
     loss_sum: torch.Tensor  # device scalars: read once per epoch
     correct: torch.Tensor
     examples: int  # examples stepped on (pad counts its fill, drop leaves some out)
+    lr: float  # the learning rate of the last step
 
 
 def _never_stop() -> bool:
@@ -156,7 +158,8 @@ def run_epoch(
     loss_sum, correct = steps.take_sums()
     if shard is not None:
         loss_sum, correct = shard.sum(loss_sum), shard.sum(correct)
-    return EpochSums(loss_sum=loss_sum, correct=correct, examples=examples)
+    lr = float(optimizer.param_groups[0]["lr"])
+    return EpochSums(loss_sum=loss_sum, correct=correct, examples=examples, lr=lr)
 
 
 class Shard:

@@ -58,6 +58,9 @@ def test_each_kind_runs_and_reports(database_url: str, start_server) -> None:
     assert all(math.isfinite(row["val_loss"]) for row in curve["data"])
 
     lenet = jobs["lenet"]
+    rates = [row["lr"] for row in client.get(f"/jobs/{lenet['id']}/metrics").json()["data"]]
+    assert len(rates) == 2 and 0 < rates[1] < rates[0] < 0.1  # onecycle: past its peak, falling
+    assert [row["lr"] for row in curve["data"]] == [0.1] * 3  # linear: constant
     assert lenet["diagnosis"] == lenet["result"]["diagnosis"] and lenet["test_acc"] is not None
     assert set(lenet["diagnosis"]) >= {"verdict", "reason", "gap", "train_loss", "val_loss"}
 

@@ -37,6 +37,10 @@ def test_onecycle_rises_to_lr_then_falls_below_its_start() -> None:
     assert factors[-1] == pytest.approx(1 / 25 / 1e4)
 
 
+def test_a_constant_run_records_its_lr() -> None:
+    assert [m.lr for m in train(synthetic("softmax", lr=0.1, epochs=2)).epochs] == [0.1, 0.1]
+
+
 def test_short_runs_and_unknown_names() -> None:
     for schedule in ("cosine", "onecycle"):
         assert 0 < lr_factor(schedule, 0, 1) <= 1
@@ -68,11 +72,13 @@ def test_every_step_gets_its_scheduled_lr(monkeypatch, schedule: str) -> None:
     config = synthetic(
         "mlp", lr=0.3, batch_size=64, epochs=2, weight_decay=1e-3, lr_schedule=schedule
     )
-    train(config)
+    result = train(config)
     per_epoch = len(seen) // 2
     assert len(seen) == 2 * per_epoch and per_epoch > 1
     expected = [0.3 * lr_factor(schedule, s, len(seen)) for s in range(len(seen))]
     assert seen == pytest.approx(expected)
+    # Each epoch's curve row records the rate of its last step.
+    assert [m.lr for m in result.epochs] == pytest.approx([seen[per_epoch - 1], seen[-1]])
 
 
 def test_a_scheduled_run_learns_and_resumes_exactly(tmp_path: Path) -> None:
