@@ -23,6 +23,9 @@ VAL_RISE_OVERFIT = 0.10  # val loss 10 % above its best epoch's
 STILL_FALLING = 0.02  # train loss fell more than 2 % per epoch over the last epochs
 TREND_EPOCHS = 3  # the window of the trend
 CHANCE_MARGIN = 1.5  # train accuracy below 1.5 x chance is underfitting
+# A loss within 2 % of ln(classes): the network gives every class the same score, whatever the
+# input. That is where a net starts, and also where a too-high lr leaves it (dead ReLUs).
+UNIFORM_LOSS_MARGIN = 0.02
 
 
 def _finite(values: Sequence[float | None]) -> list[float]:
@@ -93,6 +96,7 @@ def diagnose(
         }
 
     underfit_reasons = []
+    advice = "train longer, raise the learning rate or use a larger model"
     if drop is not None and drop > STILL_FALLING:
         underfit_reasons.append(
             f"training loss still falls {100 * drop:.1f}% per epoch and validation follows"
@@ -101,11 +105,21 @@ def diagnose(
         underfit_reasons.append(
             f"training accuracy {accs_train[-1]:.3f} is near chance ({1 / num_classes:.3f})"
         )
+        uniform = math.log(num_classes)
+        if num_classes > 1 and abs(last_train - uniform) <= UNIFORM_LOSS_MARGIN * uniform:
+            underfit_reasons.append(
+                f"the training loss {last_train:.4g} is ln {num_classes} = {uniform:.4g}: the "
+                "network scores every class alike for every input"
+            )
+            advice = (
+                "either the learning rate is too low (or the run too short) to leave the start, "
+                "or so high that it killed the units (dead ReLUs); try lr x10 and x0.1, or the "
+                "lr range test (kind lr_find)"
+            )
     if underfit_reasons:
         return {
             "verdict": "underfitting",
-            "reason": "; ".join(underfit_reasons)
-            + ": train longer, raise the learning rate or use a larger model",
+            "reason": "; ".join(underfit_reasons) + ": " + advice,
             **figures,
         }
     reason = "training loss has levelled off and validation loss stays close to it"

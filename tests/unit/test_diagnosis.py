@@ -33,6 +33,16 @@ def test_underfitting_near_chance() -> None:
     verdict = diagnose(flat, flat, [0.1, 0.11, 0.1], [0.1, 0.1, 0.1], num_classes=10)
     assert verdict is not None and verdict["verdict"] == "underfitting"
     assert "near chance" in verdict["reason"]
+    # At ln 10 the net scores every class alike: too low an lr, or one that killed it.
+    assert "ln 10" in verdict["reason"] and "lr_find" in verdict["reason"]
+
+
+def test_near_chance_but_moving_keeps_the_plain_advice() -> None:
+    train = [2.2, 2.0, 1.9]
+    verdict = diagnose(train, train, [0.12, 0.13, 0.14], [0.12, 0.13, 0.14], num_classes=10)
+    assert verdict is not None and verdict["verdict"] == "underfitting"
+    assert "near chance" in verdict["reason"] and "ln 10" not in verdict["reason"]
+    assert "train longer" in verdict["reason"]
 
 
 def test_good_fit_when_both_level_off_together() -> None:
