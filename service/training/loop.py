@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +39,8 @@ from service.training.steps import (
     TrainingDiverged,
     add_penalties,
     diverged,
-    run_epoch,
     shuffling_generator,
+    train_epoch,
 )
 
 __all__ = [
@@ -446,10 +445,7 @@ def fit(
         writer = CheckpointWriter(checkpoint_path, save_checkpoint)
     try:
         for epoch in range(start_epoch, config.epochs + 1):
-            if should_stop():
-                raise TrainingCancelled(f"training cancelled before epoch {epoch}")
-            epoch_start = time.perf_counter()
-            sums = run_epoch(
+            trained = train_epoch(
                 run.objective,
                 model,
                 run.optimizer,
@@ -462,24 +458,9 @@ def fit(
                 shard=shard,
                 steps=steps,
             )
-            train_loss = sums.loss_sum.item() / sums.examples  # the epoch's one host sync
-            train_acc = sums.correct.item() / sums.examples
-            train_seconds = time.perf_counter() - epoch_start
-            if not math.isfinite(train_loss):
-                raise diverged(config, epoch, "training loss", train_loss)
+            train_acc = trained.sums.correct.item() / trained.sums.examples
             val_loss, val_acc = evaluate(model, runner, val_x, val_y, eval_batch, should_stop)
-            if not math.isfinite(val_loss):
-                raise diverged(config, epoch, "validation loss", val_loss)
-            metrics = EpochMetrics(
-                epoch=epoch,
-                train_loss=train_loss,
-                train_acc=train_acc,
-                val_loss=val_loss,
-                val_acc=val_acc,
-                examples_per_sec=sums.examples / max(train_seconds, 1e-9),
-                seconds=time.perf_counter() - epoch_start,
-                lr=sums.lr,
-            )
+            metrics = trained.metrics(val_loss, train_acc=train_acc, val_acc=val_acc)
             history.append(metrics)
             # Report first, checkpoint second: a crash in between redoes this epoch on resume and
             # overwrites its row (idempotent), where the other order would skip the row for good.

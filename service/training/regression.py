@@ -14,7 +14,6 @@ Built-in sets (both ``y = Xw + b + noise``, X ~ N(0, 1), noise ~ N(0, 0.01^2)):
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,12 +33,10 @@ from service.training.steps import (
     EpochMetrics,
     Objective,
     StepOutput,
-    TrainingCancelled,
     add_penalties,
-    diverged,
     reduce_loss,
-    run_epoch,
     shuffling_generator,
+    train_epoch,
 )
 
 REGRESSION_SEED = 20240608  # fixed: the generated data never depend on a job's seed
@@ -278,10 +275,7 @@ def fit_regression(
     loss_name = config.loss or "l2"
     history: list[EpochMetrics] = []
     for epoch in range(1, config.epochs + 1):
-        if should_stop():
-            raise TrainingCancelled(f"training cancelled before epoch {epoch}")
-        epoch_start = time.perf_counter()
-        sums = run_epoch(
+        trained = train_epoch(
             run.objective,
             run.model,
             run.optimizer,
@@ -292,23 +286,7 @@ def fit_regression(
             epoch=epoch,
             should_stop=should_stop,
         )
-        train_loss = sums.loss_sum.item() / sums.examples
-        train_seconds = time.perf_counter() - epoch_start
-        if not math.isfinite(train_loss):
-            raise diverged(config, epoch, "training loss", train_loss)
-        val_loss = evaluate_regression(run.model, val_x, val_y, loss_name)
-        if not math.isfinite(val_loss):
-            raise diverged(config, epoch, "validation loss", val_loss)
-        metrics = EpochMetrics(
-            epoch=epoch,
-            train_loss=train_loss,
-            train_acc=math.nan,
-            val_loss=val_loss,
-            val_acc=math.nan,
-            examples_per_sec=sums.examples / max(train_seconds, 1e-9),
-            seconds=time.perf_counter() - epoch_start,
-            lr=sums.lr,
-        )
+        metrics = trained.metrics(evaluate_regression(run.model, val_x, val_y, loss_name))
         history.append(metrics)
         on_epoch(metrics)
     test_loss = evaluate_regression(

@@ -8,8 +8,11 @@ test (``lr_find``) and K-fold (``kfold``) reuse the same objectives.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -160,6 +163,58 @@ def run_epoch(
         loss_sum, correct = shard.sum(loss_sum), shard.sum(correct)
     lr = float(optimizer.param_groups[0]["lr"])
     return EpochSums(loss_sum=loss_sum, correct=correct, examples=examples, lr=lr)
+
+
+@dataclass
+class TrainedEpoch:
+    """One epoch's training pass, timed and checked; ``metrics`` completes its curve row once
+    the task has validated the model."""
+
+    config: TrainConfig
+    epoch: int
+    sums: EpochSums
+    train_loss: float  # mean per example
+    started: float  # time.perf_counter() at the epoch's start
+    train_seconds: float
+
+    def metrics(
+        self, val_loss: float, *, train_acc: float = math.nan, val_acc: float = math.nan
+    ) -> EpochMetrics:
+        """The epoch's row (accuracies NaN for regression); raises TrainingDiverged if the
+        validation loss is NaN or infinite."""
+        if not math.isfinite(val_loss):
+            raise diverged(self.config, self.epoch, "validation loss", val_loss)
+        return EpochMetrics(
+            epoch=self.epoch,
+            train_loss=self.train_loss,
+            train_acc=train_acc,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            examples_per_sec=self.sums.examples / max(self.train_seconds, 1e-9),
+            seconds=time.perf_counter() - self.started,
+            lr=self.sums.lr,
+        )
+
+
+def train_epoch(
+    *args: Any,
+    config: TrainConfig,
+    epoch: int,
+    should_stop: Callable[[], bool] = _never_stop,
+    **kwargs: Any,
+) -> TrainedEpoch:
+    """``run_epoch`` (same arguments) between the checks every task's loop makes around it: a
+    stop asked before the epoch, and a training loss that became NaN or infinite (read once,
+    after the epoch)."""
+    if should_stop():
+        raise TrainingCancelled(f"training cancelled before epoch {epoch}")
+    started = time.perf_counter()
+    sums = run_epoch(*args, config=config, epoch=epoch, should_stop=should_stop, **kwargs)
+    train_loss = sums.loss_sum.item() / sums.examples  # the epoch's one host sync
+    train_seconds = time.perf_counter() - started
+    if not math.isfinite(train_loss):
+        raise diverged(config, epoch, "training loss", train_loss)
+    return TrainedEpoch(config, epoch, sums, train_loss, started, train_seconds)
 
 
 class Shard:
