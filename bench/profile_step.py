@@ -34,6 +34,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
+from train_loop import sync_device  # noqa: E402
 
 from service.training import loop  # noqa: E402
 from service.training.config import TrainConfig  # noqa: E402
@@ -61,11 +62,6 @@ def variant_patches(variant: str):
         yield
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def profile_model(
     name: str, variant: str, batch_size: int, steps: int, device: torch.device, rows: int
 ) -> dict:
@@ -82,19 +78,19 @@ def profile_model(
         run.model.train()
         step = run.steps(batch_size)
         batches = [torch.randperm(n, device=device)[:batch_size] for _ in range(steps)]
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         for b in batches[:WARMUP_STEPS]:  # cuDNN autotuning, graph capture, compilation
             step(b)
-        _sync(device)
+        sync_device(device)
         warmup_s = time.perf_counter() - start
         for b in batches:
             step(b)
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         for b in batches:
             step(b)
-        _sync(device)
+        sync_device(device)
         per_step = (time.perf_counter() - start) / steps
         print(
             f"\n## {name} [{variant}], batch {batch_size}: {per_step * 1e3:.2f} ms per step, "
@@ -108,7 +104,7 @@ def profile_model(
             with profile(activities=activities) as prof:
                 for b in batches:
                     step(b)
-                _sync(device)
+                sync_device(device)
             sort = "cuda_time_total" if cuda else "cpu_time_total"
             print(prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60))
     return {"model": name, "variant": variant, "ms": per_step * 1e3, "warmup_s": warmup_s}

@@ -83,11 +83,6 @@ def flops_per_example(model_name: str, side: int, dropout: float) -> float:
     return counter.get_total_flops() / batch
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()

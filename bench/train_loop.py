@@ -119,8 +119,7 @@ def course_epochs(
             optimizer.step()
             with torch.no_grad():
                 metric.add(float(loss) * x.shape[0], accuracy(y_hat, y), x.shape[0])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync_device(device)
         seconds += time.perf_counter() - start
         seen += int(metric[2])
         test_acc = evaluate_accuracy(net, test_iter, device)
@@ -149,6 +148,12 @@ def reference_loop(args, images, labels, test_images, test_labels, side, device)
         "train_loss": run.last_train_loss,
         "test_acc": run.test_acc,
     }
+
+
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a timer read next covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def in_job_process(fn, *args):
