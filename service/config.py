@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     # torch threads of each job process; default torch's own (all cores). Several CPU workers on
     # one machine must share the cores: `serve` divides them among its CPU workers.
     torch_threads: int | None = Field(default=None, ge=1)
+    # bf16 autocast of CPU training steps: auto (on where the CPU has AMX), 1 or 0. Each job
+    # process reads it from the environment (service.training.precision); checked here so that
+    # a typo stops `trainserve` at start instead of failing jobs.
+    cpu_bf16: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -63,6 +67,14 @@ class Settings(BaseSettings):
         value = value.strip().lower()
         if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
             raise ValueError(f"must be cpu, cuda or cuda:N, not {value!r}")
+        return value
+
+    @field_validator("cpu_bf16")
+    @classmethod
+    def _cpu_bf16_word(cls, value: str) -> str:
+        from service.training.precision import parse_cpu_bf16
+
+        parse_cpu_bf16(value)
         return value
 
     @property

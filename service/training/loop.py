@@ -29,6 +29,7 @@ from service.training.config import DEFAULT_INIT_STD, TrainConfig
 from service.training.data import Splits, load_dataset, make_splits
 from service.training.graphed import GraphedSteps, cuda_graphs_enabled
 from service.training.optim import make_optimizer
+from service.training.precision import training_autocast
 from service.training.steps import (
     EagerSteps,
     EpochMetrics,
@@ -126,16 +127,13 @@ class _Runner:
         self.device = device
         self.side = side
         self.cuda = device.type == "cuda"
+        self.convolutional = _has_conv(model)
         # channels_last pays on the CPU too (mkldnn): LeNet trains 1.2-1.4x faster with it on
         # 2 AVX2 cores (measured), the 224-px nets the same or faster.
-        self.channels_last = _has_conv(model)
+        self.channels_last = self.convolutional
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.cuda:
-            # No weight-cast cache: CUDA graph capture needs it off, and a training step uses
-            # each weight once anyway.
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=False)
-        return contextlib.nullcontext()
+        return training_autocast(self.device, convolutional=self.convolutional)
 
     def inputs(self, images_uint8: torch.Tensor) -> torch.Tensor:
         x = models.to_model_input(images_uint8, self.side)

@@ -26,6 +26,7 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         ("TRAINSERVE_PORT", "eighty", "TRAINSERVE_PORT: Input should be a valid integer"),
         ("TRAINSERVE_INFERENCE_DEVICE", "gpu", "must be cpu, cuda or cuda:N, not 'gpu'"),
         ("TRAINSERVE_SLOTS_PER_GPU", "0", "TRAINSERVE_SLOTS_PER_GPU: Input should be greater"),
+        ("TRAINSERVE_CPU_BF16", "maybe", "must be auto, 1 or 0, not 'maybe'"),
     ],
 )
 def test_malformed_settings_name_the_variable(

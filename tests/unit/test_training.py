@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import models
-from service.training import data
+from service.training import data, precision
 from service.training.config import TrainConfig
 from service.training.loop import (
     EpochMetrics,
@@ -209,11 +209,18 @@ def test_bad_config_is_rejected() -> None:
         train(TrainConfig(model="softmax", dataset="nope"))
 
 
+@pytest.mark.parametrize("cpu_bf16", ["0", "1"])
 @pytest.mark.parametrize("model", ["lenet", "mlp"])
-def test_fast_path_computes_what_the_plain_loop_does(model: str) -> None:
+def test_fast_path_computes_what_the_plain_loop_does(
+    model: str, cpu_bf16: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The service's epoch (channels_last for conv nets, indices gathered on the device,
-    metrics summed on the device) against the textbook loop on a contiguous copy of the
-    same network: same batches, same SGD steps, the same weights and loss at the end."""
+    metrics summed on the device) against the textbook fp32 loop on a contiguous copy of the
+    same network: same batches, same SGD steps, the same weights and loss at the end. With
+    TRAINSERVE_CPU_BF16=1 LeNet's forward runs under bf16 autocast: its steps then move the
+    weights as fp32's do within bf16's rounding; the MLP stays fp32 and exact."""
+    monkeypatch.setenv(precision.ENV_SWITCH, cpu_bf16)
+    bf16 = model == "lenet" and cpu_bf16 == "1"
     config = synthetic(model, lr=0.5, batch_size=32, train_examples=300, dropout=0.0)
     dataset = data.load_dataset("synthetic", None, None)
     train_x, train_y = dataset.train_images[:300], dataset.train_labels[:300]
@@ -241,12 +248,38 @@ def test_fast_path_computes_what_the_plain_loop_does(model: str) -> None:
         loss_sum += float(loss.detach()) * len(idx)
     if model == "lenet":
         assert fast.model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
-    assert float(sums.loss_sum) == pytest.approx(loss_sum, rel=1e-4)
+    assert float(sums.loss_sum) == pytest.approx(loss_sum, rel=1e-2 if bf16 else 1e-4)
     for (name, a), b in zip(
         fast.model.state_dict().items(), plain.state_dict().values(), strict=True
     ):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+        assert a.dtype == torch.float32  # autocast never lowers the weights themselves
+        if bf16:  # bf16 keeps 8 bits of mantissa; LeNet's updates differ by about 0.5%
+            assert float((a - b).norm() / (b - initial[name]).norm()) < 0.03, name
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
     assert not torch.allclose(plain.state_dict()[name], initial[name])  # the steps moved it
+    ran_bf16 = float(sums.loss_sum) != pytest.approx(loss_sum, rel=1e-6)
+    assert ran_bf16 is bf16
+
+
+def test_cpu_bf16_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: True)
+    monkeypatch.delenv(precision.ENV_SWITCH, raising=False)
+    assert precision.cpu_bf16_enabled(convolutional=True)  # auto, on an AMX CPU
+    assert not precision.cpu_bf16_enabled(convolutional=False)  # MLP, softmax: always fp32
+    with precision.training_autocast(cpu, convolutional=True):
+        assert torch.is_autocast_enabled("cpu")
+    monkeypatch.setenv(precision.ENV_SWITCH, "off")
+    with precision.training_autocast(cpu, convolutional=True):
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
+    monkeypatch.setenv(precision.ENV_SWITCH, "auto")
+    assert not precision.cpu_bf16_enabled(convolutional=True)  # emulated bf16 is slower
+    monkeypatch.setenv(precision.ENV_SWITCH, "1")
+    assert precision.cpu_bf16_enabled(convolutional=True)
+    with pytest.raises(ValueError, match="must be auto, 1 or 0"):
+        precision.parse_cpu_bf16("sometimes")
 
 
 @pytest.mark.gpu
