@@ -6,11 +6,12 @@ matmuls and convolutions, not the parameters), so a model trained under bf16 is 
 exactly like one trained in fp32.
 
 On a CPU only the convolutional nets use bf16. On the 2-core AMX machine this project is
-developed on, it made a training epoch of LeNet 1.2-1.5x faster and of AlexNet (224 px) 4x, with
-the same test accuracy after 10 LeNet epochs (0.805 and 0.820 for two seeds, in both precisions).
-The MLP gained only 1.2x, and its first layer's gradient moved 4-5% from fp32's (LeNet's 0.5%);
-softmax regression, one matmul, got 14% slower. Without AMX, oneDNN emulates bf16 with AVX-512
-and is slower than fp32, hence ``auto``.
+developed on, it made a training epoch of LeNet 1.2-1.5x faster, and at 224 px AlexNet 3.5x,
+NiN 2.8x and VGG 2.3x, with the same test accuracy after 10 LeNet epochs (0.805 and 0.820 for two
+seeds, in both precisions). The MLP gained only 1.2x, and its first layer's gradient moved 4-5%
+from fp32's (LeNet's 0.5%); softmax regression, one matmul, got 14% slower. Without AMX, bf16
+is not expected to pay (oneDNN then computes it with AVX-512 instructions; not measured here),
+hence ``auto``.
 
 TRAINSERVE_CPU_BF16 (read by each job process): ``auto`` (default: on where the CPU has AMX),
 ``1`` on, ``0`` off.
