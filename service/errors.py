@@ -117,7 +117,16 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     )
 
 
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+# FastAPI's answer to a body its JSON parser could not even start on (bytes that are not UTF-8,
+# say), raised from the cause; a body that is not JSON gets a validation error instead.
+UNPARSED_BODY = "There was an error parsing the body"
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400 and exc.detail == UNPARSED_BODY:
+        cause = exc.__cause__
+        reason = f"the body is not valid JSON ({cause})" if cause else "the body is not valid JSON"
+        return await _api_error(request, InvalidRequest.for_fields([("body", reason)]))
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return JSONResponse(
         error_body(exc.status_code, code, str(exc.detail), []),

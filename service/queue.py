@@ -105,10 +105,26 @@ def _write(engine: Engine) -> Iterator[Connection]:
 # --- API side (sessions) -------------------------------------------------------------------
 
 
+WRITER_TRANSACTION = "trainserve_writer_transaction"  # session.info key
+
+
 def _begin_write(session: Session) -> None:
     """Start the session's transaction as a writer (SQLite: BEGIN IMMEDIATE), so a read that
-    precedes the write cannot fail with SQLITE_BUSY under concurrent writers."""
+    precedes the write cannot fail with SQLITE_BUSY under concurrent writers.
+
+    A read made earlier in the same session (the API looks up an uploaded dataset before it
+    submits) has already begun a deferred transaction, which the option can no longer make a
+    writer: under WAL, SQLite refuses to upgrade a reader whose snapshot another connection has
+    since written past, at once and without the busy timeout ("database is locked"). That
+    transaction wrote nothing, so it is ended here and a writer begun in its place."""
+    if session.in_transaction():
+        if session.get_transaction() is session.info.get(WRITER_TRANSACTION):
+            return  # already the writer
+        if session.new or session.dirty or session.deleted:
+            raise RuntimeError("_begin_write after changes: they would commit unseen")
+        session.commit()
     session.connection(execution_options={"sqlite_immediate": True})
+    session.info[WRITER_TRANSACTION] = session.get_transaction()
 
 
 def _new_job(config: dict[str, Any], priority: int, max_attempts: int, **extra: Any) -> Job:

@@ -10,4 +10,4 @@ ModelId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Model id (the id 
 
 # Paging of every list endpoint (GET /jobs, /models, /datasets, /sweeps): newest first.
 Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many rows")]
-Offset = Annotated[int, Query(ge=0, description="Rows to skip")]
+Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="Rows to skip")]

@@ -153,8 +153,10 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 
 @router.get("/models/{name}/stats")
 async def model_stats(request: Request, name: str) -> JSONResponse:
-    """Batching statistics of the model since the server started (empty until it serves)."""
+    """Batching statistics of the model since the server started (empty until it serves); 404
+    for a model that does not exist, 400 for a job that has not succeeded, as for metadata."""
     job_id = _model_id(name, None)
+    await ensure_succeeded(request, job_id)
     serving: Serving = request.app.state.serving
     stats = serving.stats()
     empty = {"queued": 0, **BatchStats().as_dict()}

@@ -85,12 +85,19 @@ def test_malformed_json_body_is_422(client: httpx.Client) -> None:
     )
     assert_error(response, 422, "body")
     assert_error(client.post("/jobs", json=[1, 2]), 422)
+    not_utf8 = b'{"model": "lenet", "seed": "\xff"}'
+    for path in ("/jobs", "/sweeps"):
+        response = client.post(path, content=not_utf8, headers={"content-type": "application/json"})
+        assert "utf-8" in assert_error(response, 422, "body")["message"]
 
 
 def test_list_query_validation(client: httpx.Client) -> None:
     assert_error(client.get("/jobs", params={"status": "sleeping"}), 422, "status")
     assert_error(client.get("/jobs", params={"limit": 0}), 422, "limit")
     assert_error(client.get("/jobs", params={"offset": -1}), 422, "offset")
+    for path in ("/jobs", "/models", "/datasets", "/sweeps"):  # past SQLite's 64-bit integers
+        assert_error(client.get(path, params={"offset": 2**63}), 422, "offset")
+        assert client.get(path, params={"offset": 2**31 - 1}).json()["data"] == []
 
 
 def test_unknown_ids_are_404(client: httpx.Client) -> None:

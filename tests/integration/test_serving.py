@@ -309,6 +309,7 @@ def test_v2_errors_and_health(client: httpx.Client, models: dict[str, int]) -> N
         return body["error"]
 
     error(client.get("/v2/models/999999"), 404)
+    error(client.get("/v2/models/999999/stats"), 404)
     error(client.get("/v2/models/abc/ready"), 404)
     error(client.post("/v2/models/999999/infer", json={"inputs": [good]}), 404)
     error(client.get(f"/v2/models/{model}/versions/2"), 404)

@@ -217,6 +217,20 @@ def test_submit_creates_a_queued_job_and_config_round_trips(db: Db) -> None:
     assert fresh.error is None
 
 
+def test_submit_after_a_read_in_the_same_session_while_others_write(db: Db) -> None:
+    """The API reads (an uploaded dataset's kind) in the session it then submits with. On
+    SQLite that read began a deferred transaction; once another connection has committed since,
+    upgrading it to a writer failed at once with "database is locked" (a 500 to the user)."""
+    with db.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0  # the read
+        other = db.submit()  # a worker's write, committed after that read
+        job = submit_job(session, dict(CONFIG))
+        mine = job.id
+        again = submit_job(session, dict(CONFIG))  # the session goes on working afterwards
+    assert {db.job(mine).status, db.job(again.id).status} == {JobStatus.QUEUED.value}
+    assert db.count_jobs() == 3 and len({other, mine, again.id}) == 3
+
+
 def test_get_job_unknown_raises_not_found(db: Db) -> None:
     with db.sessions() as session, pytest.raises(JobNotFound):
         get_job(session, 12345)
