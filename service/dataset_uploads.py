@@ -5,8 +5,9 @@ Accepted uploads:
         ``test_images`` + ``test_labels`` and ``class_names`` (N strings). uint8, or integers
         0..255, or floats in [0, 255] (floats all within [0, 1] are taken as intensities x 255).
   idx   an images file (N, H, W) and a labels file (N,) in the IDX format, gzipped or not.
-  zip   one folder per class (the folder name is the class name) of image files; every image
-        becomes grayscale and is resized to ``image_side`` x ``image_side``.
+  zip   one folder per class (the folder name is the class name) of image files, below any
+        folders that every image shares; images in subfolders of a class folder belong to that
+        class. Every image becomes grayscale and is resized to ``image_side`` x ``image_side``.
   csv   numbers only, an optional header row; the last column is the target, the others are
         the features (a regression dataset).
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import posixpath
 import zipfile
 from dataclasses import dataclass, field
 
@@ -293,6 +293,23 @@ def _decode_member(data: bytes, side: int, name: str) -> np.ndarray:
         raise UploadError("file", f"{name}: not a readable image ({exc})") from exc
 
 
+def _class_folder_depth(paths: list[list[str]]) -> int:
+    """Where the class folders sit: below the folders that every image shares (an archive often
+    wraps everything in one top folder). An image deeper inside a class folder belongs to that
+    class, as with torchvision's ImageFolder. If all images share one folder, it is the class."""
+    if not paths:
+        return 0
+    shared = paths[0][:-1]
+    for parts in paths[1:]:
+        folders = parts[:-1]
+        n = 0
+        while n < min(len(shared), len(folders)) and shared[n] == folders[n]:
+            n += 1
+        shared = shared[:n]
+    deepest_shared = min(len(parts) - 2 for parts in paths)  # keep a class folder below it
+    return max(0, min(len(shared), deepest_shared))
+
+
 def parse_zip_folders(raw: bytes, max_bytes: int, image_side: int = 28) -> ParsedDataset:
     if not MIN_SIDE <= image_side <= MAX_SIDE:
         raise UploadError("image_side", f"must be {MIN_SIDE}..{MAX_SIDE}")
@@ -302,6 +319,7 @@ def parse_zip_folders(raw: bytes, max_bytes: int, image_side: int = 28) -> Parse
         raise UploadError("file", "not a zip archive") from None
     by_class: dict[str, list[np.ndarray]] = {}
     with archive:
+        members: list[tuple[zipfile.ZipInfo, list[str]]] = []
         for info in _check_archive(archive, max_bytes, "file"):
             # The member name is only ever split into strings: nothing is extracted, so a
             # name like ../../etc/passwd can only become an (odd) class label, and is refused.
@@ -315,9 +333,13 @@ def parse_zip_folders(raw: bytes, max_bytes: int, image_side: int = 28) -> Parse
                 raise UploadError("file", f"refusing the archive member {path[:100]!r}")
             if len(parts) < 2:
                 raise UploadError("file", f"{path[:100]!r}: images must be inside class folders")
-            label = _clean_label(posixpath.basename(posixpath.dirname(path)))
+            members.append((info, parts))
+        depth = _class_folder_depth([parts for _, parts in members])
+        for info, parts in members:
+            label = _clean_label(parts[depth])
             data = _read_member(archive, info, MAX_IMAGE_FILE_BYTES, "file")
-            by_class.setdefault(label, []).append(_decode_member(data, image_side, path[:100]))
+            image = _decode_member(data, image_side, "/".join(parts)[:100])
+            by_class.setdefault(label, []).append(image)
     if len(by_class) < MIN_CLASSES:
         raise UploadError(
             "file", f"need at least {MIN_CLASSES} class folders with images, found {len(by_class)}"

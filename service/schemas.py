@@ -302,6 +302,7 @@ class JobCreate(BaseModel):
             problems += [(n, "only for kind 'lr_find'") for n in LR_FIND_FIELDS if n in given]
         elif self.lr_schedule != "constant":
             problems.append(("lr_schedule", "not for kind 'lr_find': it sweeps the lr itself"))
+        problems += self._batch_plan_problems()
         if self.devices > 1:
             if self.kind != "train" or spec.task != "classification":
                 problems.append(("devices", "more than 1 only for kind 'train' of a classifier"))
@@ -313,6 +314,22 @@ class JobCreate(BaseModel):
                      f"{self.devices} devices")
                 )  # fmt: skip
         return problems
+
+    def _batch_plan_problems(self) -> list[tuple[str, str]]:
+        """last_batch 'drop' with a batch larger than the training split leaves nothing to train
+        on. Known at submit only when train_examples bounds the split (as data.split_indices
+        carves it: at least 1 example to validation); otherwise the job fails saying so."""
+        if self.last_batch != "drop" or self.kind != "train" or self.train_examples is None:
+            return []
+        used = self.train_examples
+        most = used - min(max(1, round(self.val_fraction * used)), used - 1)
+        if self.batch_size <= most:
+            return []
+        return [
+            ("batch_size", f"last_batch 'drop' with batch_size {self.batch_size} leaves no batch: "
+             f"train_examples {used} leave at most {most} to train on after the validation split; "
+             "use a smaller batch_size or last_batch 'keep' or 'pad'")
+        ]  # fmt: skip
 
 
 def _utc(value: datetime | None) -> datetime | None:

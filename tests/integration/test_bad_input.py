@@ -35,6 +35,10 @@ BAD_JOBS = [
     ({"model": "lenet", "learning_rate": 0.1}, "learning_rate"),  # unknown field
     ({"model": "lenet", "lr_schedule": "step"}, "lr_schedule"),
     ({"model": "lenet", "kind": "lr_find", "lr_schedule": "cosine"}, "lr_schedule"),
+    (
+        {"model": "lenet", "last_batch": "drop", "batch_size": 451, "train_examples": 500},
+        "batch_size",
+    ),  # 50 of the 500 go to validation: no full batch of 451
 ]
 
 

@@ -135,6 +135,17 @@ def test_zip_of_class_folders() -> None:
     assert train[parsed.arrays["train_labels"] == 0].min() >= 40
 
 
+@pytest.mark.parametrize("wrapper", ["", "upload/", "upload/v2/"])
+def test_zip_images_deeper_in_a_class_folder_belong_to_it(wrapper: str) -> None:
+    """As torchvision's ImageFolder: the class is the folder below the ones all images share."""
+    members = {f"{wrapper}{name}/{i}.png": png(i) for name in ("cat", "dog") for i in range(6)}
+    members[f"{wrapper}cat/indoor/deeper.png"] = png(99)
+    parsed = parse_zip_folders(zip_bytes(members), LIMIT, image_side=16)
+    assert parsed.class_names == ["cat", "dog"]
+    every = np.concatenate([parsed.arrays["train_labels"], parsed.arrays["test_labels"]])
+    assert sorted(every.tolist()) == [0] * 7 + [1] * 6
+
+
 def test_zip_refusals() -> None:
     ok = {f"c{k}/{i}.png": png(i) for k in range(2) for i in range(6)}
     refused(
