@@ -104,6 +104,12 @@ def test_list_query_validation(client: httpx.Client) -> None:
         assert client.get(path, params={"offset": 2**31 - 1}).json()["data"] == []
 
 
+def test_health_answers_get_and_head(client: httpx.Client) -> None:
+    assert client.get("/health").json()["status"] == "ok"
+    head = client.head("/health")
+    assert head.status_code == 200 and head.content == b""
+
+
 def test_unknown_ids_are_404(client: httpx.Client) -> None:
     for path in ("/jobs/999999", "/jobs/999999/metrics", "/models/999999"):
         assert_error(client.get(path), 404)
