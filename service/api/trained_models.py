@@ -207,6 +207,9 @@ async def _images_from_files(request: Request, max_instances: int) -> list[np.nd
             if others:
                 reason += f" (got fields {others})"
             raise InvalidRequest.for_fields([("files", reason)])
+        if others:  # mc_dropout and seed go in the query string with multipart
+            reason = "unknown field: images go in 'files', mc_dropout and seed in the query"
+            raise InvalidRequest.for_fields([(k, reason) for k in others])
         contents = [(u.filename, await u.read()) for u in uploads]
     finally:
         await form.close()
@@ -255,6 +258,28 @@ def _body_int(payload: object, name: str, low: int, high: int) -> int | None:
     return value
 
 
+JSON_BODY_KEYS = ("instances", "mc_dropout", "seed")
+
+
+def _refuse_unknown_keys(payload: object) -> None:
+    """A misspelt key ("mc_droput") must not quietly give a plain prediction."""
+    if isinstance(payload, dict):
+        unknown = sorted(k for k in payload if k not in JSON_BODY_KEYS)
+        if unknown:
+            known = ", ".join(JSON_BODY_KEYS)
+            raise InvalidRequest.for_fields(
+                [(k, f"unknown field (known: {known})") for k in unknown]
+            )
+
+
+def _one_of(name: str, query: int | None, body: int | None) -> int | None:
+    """A parameter given in the query, the JSON body or both (then the same value)."""
+    if query is not None and body is not None and query != body:
+        reason = f"given twice with different values: {query} in the query, {body} in the body"
+        raise InvalidRequest.for_fields([(name, reason)])
+    return query if query is not None else body
+
+
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
 SEED_MAX = 2**31 - 1
 
@@ -301,10 +326,11 @@ async def predict(model_id: ModelId, request: Request) -> JSONResponse:
                 raise InvalidRequest.for_fields([("body", f"not valid JSON ({exc})")]) from exc
             sides = tuple(sorted({28, loaded.input_side}))
             images = parse_instances(payload, max_instances=max_instances, sides=sides)
-            if mc_dropout is None:
-                mc_dropout = _body_int(payload, "mc_dropout", 1, MAX_MC_PASSES)
-            if seed is None:
-                seed = _body_int(payload, "seed", 0, SEED_MAX)
+            _refuse_unknown_keys(payload)
+            mc_dropout = _one_of(
+                "mc_dropout", mc_dropout, _body_int(payload, "mc_dropout", 1, MAX_MC_PASSES)
+            )
+            seed = _one_of("seed", seed, _body_int(payload, "seed", 0, SEED_MAX))
         elif content_type in NPY_TYPES:
             body = await read_limited(request, settings.max_upload_bytes)
             images = list(decode_npy(body, "body", max_images=max_instances))
@@ -318,6 +344,9 @@ async def predict(model_id: ModelId, request: Request) -> JSONResponse:
 
     if mc_dropout is not None:
         return await _predict_mc(loaded, images, mc_dropout, seed)
+    if seed is not None:  # dropout off: there is nothing to seed, and silence would mislead
+        raise InvalidRequest.for_fields([("seed", "only with mc_dropout (plain predictions "
+                                          "are deterministic)")])  # fmt: skip
     try:
         # Preprocessing happens with the forward pass, once per batch, off the event loop.
         probabilities = await serving.probabilities(loaded, images, batching=batching)

@@ -134,6 +134,18 @@ def test_mc_dropout_errors(client: httpx.Client, models: dict[str, int]) -> None
     _assert_v1_error(client.post(lenet, params={"seed": -1}, json=instances), 422, "seed")
     _assert_v1_error(client.post(lenet, json={**instances, "mc_dropout": True}), 422,
                      "mc_dropout")  # fmt: skip
+    # Nothing is dropped in silence: a misspelt key, two different values, a seed with nothing
+    # to seed, a form field beside the files.
+    _assert_v1_error(client.post(lenet, json={**instances, "mc_droput": 20}), 422, "mc_droput")
+    _assert_v1_error(client.post(lenet, params={"mc_dropout": 3},
+                                 json={**instances, "mc_dropout": 7}), 422, "mc_dropout")  # fmt: skip
+    _assert_v1_error(client.post(lenet, params={"seed": 3}, json=instances), 422, "seed")
+    _assert_v1_error(client.post(lenet, json={**instances, "seed": 3}), 422, "seed")
+    files = {"files": ("x.png", png_bytes(_images(1)[0]), "image/png")}
+    _assert_v1_error(client.post(lenet, files=files, data={"mc_dropout": "5"}), 422, "mc_dropout")
+    same = client.post(lenet, params={"mc_dropout": 3, "seed": 1},
+                       json={**instances, "mc_dropout": 3, "seed": 1})  # fmt: skip
+    assert same.status_code == 200 and same.json()["predictions"][0]["mc_dropout"] == 3
 
 
 # ---- batching ----------------------------------------------------------------------------------
