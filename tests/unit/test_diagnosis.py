@@ -61,3 +61,11 @@ def test_no_finite_epoch_no_verdict_and_one_epoch_has_no_trend() -> None:
     single = diagnose([0.5], [0.52])
     assert single is not None and single["train_loss_drop_per_epoch"] is None
     assert single["verdict"] == "good fit" and "one epoch" in single["reason"]
+
+
+def test_a_run_that_converged_in_its_first_epoch_is_a_good_fit() -> None:
+    # Linear regression at the noise floor: epoch 1's mean loss includes the descent.
+    train, val = [1.9, 5.4e-5, 5.4e-5], [4.9e-5, 4.9e-5, 4.9e-5]
+    verdict = diagnose(train, val)
+    assert verdict is not None and verdict["verdict"] == "good fit", verdict
+    assert abs(verdict["train_loss_drop_per_epoch"]) < 0.01
