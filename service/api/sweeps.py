@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 from typing import Annotated, Any
@@ -24,6 +25,7 @@ from service.schemas import (
     SweepsPublic,
     SweepSummaryPublic,
     finite_or_none,
+    input_side_of,
 )
 from service.tables import Job, JobStatus
 from service.training.config import TrainConfig
@@ -76,6 +78,7 @@ def _resolve_points(body: SweepCreate, session: Any) -> list[TrainConfig]:
     # Points differ only in the grid's knobs: without a seed, they all share one drawn seed.
     seed = {} if "seed" in body.base or "seed" in body.grid else {"seed": random.randrange(2**31)}
     configs: list[TrainConfig] = []
+    seen: dict[str, dict[str, Any]] = {}  # resolved config -> the first point that gave it
     for point in _points(body.grid):
         try:
             job = JobCreate.model_validate({**body.base, **seed, **point})
@@ -95,6 +98,20 @@ def _resolve_points(body: SweepCreate, session: Any) -> list[TrainConfig]:
                 for f, r in point_problems
             ]
             break
+        effective = {**config.to_dict(), "resize": input_side_of(config)}  # null: the default
+        key = json.dumps(effective, sort_keys=True, default=str)
+        if key in seen:  # e.g. null (the model's default) and that default's value
+            first = seen[key]
+            problems += [
+                (
+                    f"grid.{f}",
+                    f"points {json.dumps(first)} and {json.dumps(point)} train the same job",
+                )
+                for f in point
+                if point[f] != first[f]
+            ]
+            break
+        seen[key] = point
         configs.append(config)
     if problems:
         raise InvalidRequest.for_fields(problems)

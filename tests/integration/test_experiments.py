@@ -170,6 +170,8 @@ BAD_SWEEPS = [
       "grid": {"lr": [0.1 * i for i in range(1, 20)], "seed": list(range(20))}}, "grid"),
     ({"base": {"model": "softmax"}, "grid": {"priority": [1, 2]}}, "grid.priority"),
     ({"base": {"model": "softmax"}, "grid": {"weight_decay": [0, 1e-3, 0.0]}}, "grid.weight_decay"),
+    # null is the model's default side, 28: both points would train the same job
+    ({"base": {"model": "softmax"}, "grid": {"resize": [None, 28]}}, "grid.resize"),
 ]  # fmt: skip
 
 
