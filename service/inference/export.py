@@ -33,6 +33,10 @@ ONNX_OPSET = 17
 
 _locks: dict[tuple[int, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
+# torch.onnx.export and torch.jit.trace keep process-wide state (the exporter's GLOBALS, the
+# tracing state), and warnings.catch_warnings is process-wide too: two conversions at once,
+# even of different models, failed ("GLOBALS.in_onnx_export must be False"). One at a time.
+_converting = threading.Lock()
 _fallback_root: Path | None = None
 
 
@@ -68,7 +72,8 @@ def export_model(artifact_dir: Path, loaded: LoadedModel, fmt: str) -> Path:
         fallback = _fallback_path(artifact_dir, loaded.job_id, fmt, create=False)
         if fallback is not None and fallback.is_file():
             return fallback
-        data = to_onnx(loaded) if fmt == "onnx" else to_torchscript(loaded)
+        with _converting:
+            data = to_onnx(loaded) if fmt == "onnx" else to_torchscript(loaded)
         try:
             artifacts.atomic_write_bytes(path, data)
         except OSError:  # read-only or full artifact directory: serve from our own temp dir

@@ -7,6 +7,7 @@ import asyncio
 import io
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -317,6 +318,26 @@ def test_export_parity_onnx_and_torchscript(
 
     weights = export_model(artifact_dir, loaded, "safetensors")
     assert weights.name == "model.safetensors"
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is deprecated
+def test_concurrent_exports_of_different_models(tmp_path: Path) -> None:
+    """torch's ONNX exporter and tracer keep process-wide state: two at once failed with
+    "GLOBALS.in_onnx_export must be False" (a 500 to two users exporting different models)."""
+    for job_id, name in enumerate(["softmax", "lenet", "mlp", "lenet"], start=1):
+        _save(tmp_path, job_id, name)
+    cache = ModelCache(tmp_path)
+    loaded = [cache.get(job_id) for job_id in range(1, 5)]
+    tasks = [(m, fmt) for m in loaded for fmt in ("onnx", "torchscript")]
+    with ThreadPoolExecutor(len(tasks)) as pool:
+        paths = list(pool.map(lambda task: export_model(tmp_path, *task), tasks))
+    assert len(set(paths)) == len(tasks) and all(p.stat().st_size > 0 for p in paths)
+    for (model, fmt), path in zip(tasks, paths, strict=True):
+        if fmt == "torchscript":
+            script = torch.jit.load(str(path))
+            pixels = torch.from_numpy(_pixels(2)[:, None].astype(np.float32))
+            expected = model.probabilities(model.prepare(list(_pixels(2))))
+            torch.testing.assert_close(script(pixels), expected.float(), atol=1e-4, rtol=0)
 
 
 def test_export_from_a_read_only_artifact_dir(
