@@ -241,18 +241,21 @@ def cancel_job(session: Session, job_id: int) -> Job:
     if job.status in FINISHED:
         raise JobFinished(job)
     now = db_now(session.get_bind().dialect.name)
-    session.execute(
+    queued = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
         .values(
             status=JobStatus.CANCELLED.value,
             cancel_requested=True,
             finished_at=now,
-            error="cancelled before it started",
+            error=case(
+                (Job.started_at.is_(None), "cancelled before it started"),
+                else_="cancelled while queued to resume (after its worker stopped)",
+            ),
         )
         .execution_options(synchronize_session=False)
     )
-    session.execute(
+    running = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
         .values(cancel_requested=True)
@@ -260,7 +263,10 @@ def cancel_job(session: Session, job_id: int) -> Job:
     )
     session.commit()
     session.expire_all()
-    return get_job(session, job_id)
+    job = get_job(session, job_id)
+    if queued.rowcount == 0 and running.rowcount == 0:  # PostgreSQL: it finished meanwhile
+        raise JobFinished(job)
+    return job
 
 
 # --- worker side (engine, lease-conditional) -----------------------------------------------
@@ -411,23 +417,37 @@ def finish_job(
     if result is not None:
         values["result"] = result  # what the job found: lr curve, folds, |w|, diagnosis
     with _write(engine) as conn:
-        if publish is not None:
-            # SQLite's BEGIN IMMEDIATE already excludes other writers; PostgreSQL locks the row.
+        if status == JobStatus.SUCCEEDED or publish is not None:
+            # SQLite's BEGIN IMMEDIATE already excludes other writers; PostgreSQL locks the row,
+            # so a cancel either lands before this (and wins) or finds the job finished (409).
             owned = conn.execute(
-                select(JOBS.c.id).where(_leased(job_id, token)).with_for_update()
+                select(JOBS.c.cancel_requested).where(_leased(job_id, token)).with_for_update()
             ).first()
             if owned is None:
                 return False
-            publish()
+            if owned.cancel_requested and status == JobStatus.SUCCEEDED:
+                # The cancel was accepted (200) before its worker saw it: it wins, no model.
+                values["status"] = JobStatus.CANCELLED.value
+                values["error"] = "cancelled by request as it finished; no model was kept"
+                publish = None
+            if publish is not None:
+                publish()
         return (
             conn.execute(update(JOBS).where(_leased(job_id, token)).values(**values)).rowcount == 1
         )
 
 
 def release_job(engine: Engine, job_id: int, token: str) -> bool:
-    """Give a running job back to the queue (worker shutting down); the run is not counted."""
+    """Give a running job back to the queue (worker shutting down); the run is not counted.
+    A job whose cancel was accepted but not yet seen by its worker is cancelled instead: it
+    must not run again after the restart."""
+    cancelled = JOBS.c.cancel_requested
     values = {
-        "status": JobStatus.QUEUED.value,
+        "status": case((cancelled, JobStatus.CANCELLED.value), else_=JobStatus.QUEUED.value),
+        "finished_at": case((cancelled, db_now(engine.dialect.name)), else_=JOBS.c.finished_at),
+        "error": case(
+            (cancelled, "cancelled by request as its worker stopped"), else_=JOBS.c.error
+        ),
         "lease_token": None,
         "lease_owner": None,
         "lease_expires_at": None,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, status
 
-from service import datasets_store, queue
+from service import artifacts, datasets_store, queue
 from service.api.params import JobId, Limit, Offset
 from service.db import SessionDep
 from service.errors import Conflict, InvalidRequest, NotFound
@@ -83,11 +83,17 @@ def get_metrics(job_id: JobId, session: SessionDep) -> EpochMetricsPublic:
     response_model=JobPublic,
     responses={**NOT_FOUND, 409: {"model": ErrorResponse, "description": "Already finished"}},
 )
-def cancel_job(job_id: JobId, session: SessionDep) -> JobPublic:
+def cancel_job(job_id: JobId, request: Request, session: SessionDep) -> JobPublic:
     """Cancel: a queued job at once, a running one within seconds (see cancel_requested)."""
     try:
-        return JobPublic.from_job(queue.cancel_job(session, job_id))
+        job = queue.cancel_job(session, job_id)
     except queue.JobNotFound as exc:
         raise NotFound(str(exc)) from exc
     except queue.JobFinished as exc:
         raise Conflict(f"{exc}; only queued or running jobs can be cancelled") from exc
+    if job.status == JobStatus.CANCELLED.value:
+        # A job queued to resume kept its last checkpoint (AlexNet's: 178 MiB); nothing will
+        # resume it now. (A running job's worker removes its own.)
+        artifact_dir = request.app.state.settings.resolved_artifact_dir
+        artifacts.checkpoint_path(artifact_dir, job_id).unlink(missing_ok=True)
+    return JobPublic.from_job(job)

@@ -6,6 +6,7 @@ import time
 
 import httpx
 
+from service.artifacts import checkpoint_path
 from tests.conftest import wait_for_status
 
 LONG_JOB = {"model": "mlp", "dataset": "synthetic", "epochs": 500, "batch_size": 16}
@@ -21,9 +22,15 @@ def test_cancel_queued_and_running_jobs(database_url: str, start_server) -> None
     time.sleep(1)
     assert client.get(f"/jobs/{queued['id']}").json()["status"] == "queued"
 
+    # As if it had run an epoch and been put back by a stopping worker: nothing will resume it
+    # once cancelled, so its checkpoint goes.
+    checkpoint = checkpoint_path(server.state_dir / "artifacts", queued["id"])
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"a checkpoint")
     response = client.post(f"/jobs/{queued['id']}/cancel")
     assert response.status_code == 200
     assert response.json()["status"] == "cancelled"  # at once
+    assert not checkpoint.exists()
     assert client.post(f"/jobs/{queued['id']}/cancel").status_code == 409
 
     asked = time.monotonic()

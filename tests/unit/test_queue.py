@@ -558,6 +558,68 @@ def test_cancel_while_the_worker_writes(db: Db) -> None:
     )
 
 
+def test_an_accepted_cancel_wins_over_the_finish(db: Db) -> None:
+    """The cancel answered 200 before the worker's next look at the flag; the job then ends:
+    it is cancelled, not succeeded, and no model is published."""
+    job_id = db.submit()
+    claimed = claim(db)
+    with db.sessions() as session:
+        assert cancel_job(session, job_id).cancel_requested is True
+    published: list[int] = []
+    assert finish_job(
+        db.engine, job_id, claimed.token, JobStatus.SUCCEEDED, publish=lambda: published.append(1)
+    )
+    job = db.job(job_id)
+    assert job.status == "cancelled" and "no model" in (job.error or "") and published == []
+    assert job.finished_at is not None
+
+
+def test_an_accepted_cancel_is_not_requeued_by_a_stopping_worker(db: Db) -> None:
+    job_id = db.submit()
+    claimed = claim(db)
+    with db.sessions() as session:
+        cancel_job(session, job_id)
+    assert release_job(db.engine, job_id, claimed.token) is True
+    job = db.job(job_id)
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert claim_next_job(db.engine, "w2", LONG_LEASE) is None  # it never runs again
+
+
+def test_cancelling_a_job_queued_to_resume_says_so(db: Db) -> None:
+    job_id = db.submit()
+    release_job(db.engine, job_id, claim(db).token)  # its worker stopped: back in the queue
+    with db.sessions() as session:
+        job = cancel_job(session, job_id)
+    assert job.status == "cancelled" and "queued to resume" in (job.error or "")
+
+
+def test_a_cancel_that_finds_the_job_just_finished_is_refused(db: Db) -> None:
+    """Deterministic race: the worker finishes between cancel_job's read and its update. On
+    SQLite the cancel holds the write lock, so the finish waits and the cancel wins; on
+    PostgreSQL the finish commits first and the cancel must answer 409 (JobFinished), not 200
+    with a succeeded job."""
+    job_id = db.submit()
+    worker_engine = db.new_engine()
+    claimed = claim_next_job(worker_engine, "w1", LONG_LEASE)
+    assert claimed is not None
+    done = Interleave(
+        db.engine,
+        lambda: finish_job(worker_engine, job_id, claimed.token, JobStatus.SUCCEEDED),
+    )
+    try:
+        with db.sessions() as session:
+            job = cancel_job(session, job_id)
+        outcome = job.status
+    except JobFinished as exc:
+        outcome = f"refused: {exc.job.status}"
+    assert done.result() is True
+    final = db.job(job_id).status
+    if db.dialect == "sqlite":
+        assert (outcome, final) == ("running", "cancelled")
+    else:
+        assert (outcome, final) == ("refused: succeeded", "succeeded")
+
+
 # --- expired leases --------------------------------------------------------------------------
 
 
