@@ -1,12 +1,18 @@
-"""default_worker_devices: workers per GPU (TRAINSERVE_SLOTS_PER_GPU), the CPU fallback."""
+"""default_worker_devices: workers per GPU (TRAINSERVE_SLOTS_PER_GPU), the CPU fallback; the
+pool restarts a worker that dies."""
 
 from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
 
 import pytest
 import torch
 
 from service.config import Settings, get_settings
-from service.worker.pool import default_worker_devices
+from service.worker.pool import WATCH_SECONDS, WorkerPool, default_worker_devices
 
 
 @pytest.fixture
@@ -78,3 +84,42 @@ def test_setting_validation(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
     with pytest.raises(ValueError):
         default_worker_devices(None, slots_per_gpu=0)
+
+
+class SleepingPool(WorkerPool):
+    """Workers that only sleep: the pool's supervision without training anything."""
+
+    def command(self, slot: int) -> list[str]:
+        return [sys.executable, "-c", "import time; time.sleep(120)"]
+
+
+def _wait_for(condition, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_worker_is_restarted_and_stop_stops_everything(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = SleepingPool(Settings(state_dir=tmp_path), ["cpu", "cpu"])
+    pool.start()
+    try:
+        first, other = pool.processes
+        first.send_signal(signal.SIGKILL)  # as the OOM killer would
+        with caplog.at_level(logging.WARNING, logger="service.worker.pool"):
+            assert _wait_for(
+                lambda: pool.processes[0] is not first and pool.processes[0].poll() is None
+            )
+        assert "worker 0 on cpu exited with code -9; restarting it" in caplog.text
+        assert pool.processes[1] is other and other.poll() is None  # the other one untouched
+    finally:
+        survivors = list(pool.processes)
+        pool.stop()
+    assert all(p.poll() is not None for p in survivors) and pool.processes == []
+    time.sleep(2 * WATCH_SECONDS)
+    assert pool.processes == []  # nothing restarted after stop
