@@ -5,9 +5,16 @@ from __future__ import annotations
 import math
 import random
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+)
 
 import models
 from service.tables import EpochMetric, Job, JobStatus, StoredDataset, Sweep
@@ -189,6 +196,16 @@ class JobCreate(BaseModel):
         "own on a GPU worker, CPU processes (gloo) on a CPU worker. batch_size stays the global "
         "batch, split among them",
     )  # fmt: skip
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic takes true as 1 for a number; "epochs": true is a client's mistake."""
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if {annotation, *get_args(annotation)} & {int, float}:
+                raise ValueError("must be a number, not true or false")
+        return value
 
     @field_validator("model")
     @classmethod

@@ -32,6 +32,7 @@ BAD_JOBS = [
     ({"model": "alexnet", "resize": 32}, "resize"),  # too small for AlexNet
     ({"model": "lenet", "resize": 0}, "resize"),
     ({"model": "lenet", "epochs": "ten"}, "epochs"),
+    ({"model": "lenet", "epochs": True}, "epochs"),  # not taken as 1
     ({"model": "lenet", "learning_rate": 0.1}, "learning_rate"),  # unknown field
     ({"model": "lenet", "lr_schedule": "step"}, "lr_schedule"),
     ({"model": "lenet", "kind": "lr_find", "lr_schedule": "cosine"}, "lr_schedule"),
