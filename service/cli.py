@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from service.config import SettingError, Settings, check_inference_device, get_settings
+from service.db import check_database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,6 +20,7 @@ def migrate(settings: Settings) -> None:
     from alembic import command
     from alembic.config import Config
 
+    check_database(settings.resolved_database_url).dispose()  # one line, not a traceback
     config = Config(str(REPO_ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(REPO_ROOT / "alembic"))
     config.set_main_option("sqlalchemy.url", settings.resolved_database_url.replace("%", "%%"))
@@ -59,12 +61,34 @@ def _worker(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.migrate:
         migrate(settings)
+    else:
+        _check_schema(settings)
     worker = Worker(settings, device=args.device or _default_device(), name=args.name)
     worker.install_signal_handlers()
     if args.parent_pid:
         worker.exit_with_parent(args.parent_pid)
     worker.run()
     return 0
+
+
+def _check_schema(settings: Settings) -> None:
+    """SettingError unless the database answers and is at the newest schema: a worker on an
+    unmigrated database would fail every query, and retry them forever."""
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    engine = check_database(settings.resolved_database_url)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+    head = ScriptDirectory(str(REPO_ROOT / "alembic")).get_current_head()
+    if current != head:
+        raise SettingError(
+            f"the database is at schema {current or 'none'}, not {head}: run `trainserve "
+            "migrate` (or `trainserve worker --migrate`) first"
+        )
 
 
 def _default_device() -> str:

@@ -78,3 +78,51 @@ SessionDep = Annotated[
     Session,
     Depends(get_session, scope="function", max_concurrency=POOL_SIZE + POOL_OVERFLOW),
 ]
+
+
+CONNECT_CHECK_TIMEOUT_SECONDS = 10
+DATABASE_VARIABLE = "TRAINSERVE_DATABASE_URL"
+
+
+def check_database(url: str) -> Engine:
+    """An engine on ``url`` that has answered once; SettingError (one line for the CLI, exit 2)
+    for a URL that does not parse, a database other than SQLite or PostgreSQL, a driver that is
+    not installed, or a database that does not answer."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+    from service.config import SettingError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise SettingError(
+            f"{DATABASE_VARIABLE}: {exc}; e.g. postgresql+psycopg://user@host:5432/db "
+            "or sqlite:///var/trainserve.db"
+        ) from None
+    shown = parsed.render_as_string(hide_password=True)
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise SettingError(
+            f"{DATABASE_VARIABLE}={shown}: trainserve runs on sqlite or postgresql "
+            f"(postgresql+psycopg://...), not {backend}"
+        )
+    try:
+        engine = make_engine(url)
+    except (ImportError, NoSuchModuleError) as exc:
+        raise SettingError(
+            f"{DATABASE_VARIABLE}={shown}: its driver is not installed ({exc}); "
+            "use postgresql+psycopg://"
+        ) from None
+    try:
+        options = {"connect_timeout": CONNECT_CHECK_TIMEOUT_SECONDS} if backend != "sqlite" else {}
+        probe = create_engine(url, connect_args=options) if options else engine
+        with probe.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        if probe is not engine:
+            probe.dispose()
+    except DBAPIError as exc:
+        engine.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise SettingError(f"{DATABASE_VARIABLE}={shown}: cannot connect ({reason})") from None
+    return engine

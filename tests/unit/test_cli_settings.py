@@ -27,6 +27,13 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         ("TRAINSERVE_INFERENCE_DEVICE", "gpu", "must be cpu, cuda or cuda:N, not 'gpu'"),
         ("TRAINSERVE_SLOTS_PER_GPU", "0", "TRAINSERVE_SLOTS_PER_GPU: Input should be greater"),
         ("TRAINSERVE_CPU_BF16", "maybe", "must be auto, 1 or 0, not 'maybe'"),
+        ("TRAINSERVE_DATABASE_URL", "notaurl", "Could not parse SQLAlchemy URL"),
+        ("TRAINSERVE_DATABASE_URL", "mysql://x@y/z", "runs on sqlite or postgresql"),
+        (
+            "TRAINSERVE_DATABASE_URL",
+            "postgresql+psycopg://postgres:pw@127.0.0.1:1/x",
+            "postgres:***@127.0.0.1:1/x: cannot connect",
+        ),  # port 1: nothing listens
     ],
 )
 def test_malformed_settings_name_the_variable(
@@ -57,3 +64,21 @@ def test_device_names_are_normalised_and_checked() -> None:
     check_inference_device("cpu")  # always there
     with pytest.raises(SettingError, match="cuda:99"):
         check_inference_device("cuda:99")
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["worker"]])
+def test_a_bad_database_url_is_one_line_for_every_command(
+    command: list[str], fresh_settings: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("TRAINSERVE_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/x")
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "cannot connect" in err and "Traceback" not in err
+
+
+def test_a_worker_on_an_unmigrated_database_says_migrate(
+    fresh_settings: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("TRAINSERVE_DATABASE_URL", f"sqlite:///{fresh_settings / 'empty.db'}")
+    assert main(["worker"]) == 2
+    assert "run `trainserve migrate`" in capsys.readouterr().err
