@@ -184,11 +184,13 @@ class JobCreate(BaseModel):
         default=0.1, gt=0, le=0.5, description="Share of the training set held out for curves"
     )
     train_examples: int | None = Field(
-        default=None, ge=2, description="Train on only this many examples (a seeded subset)"
-    )
+        default=None, ge=2, le=2**31 - 1,
+        description="Train on only this many examples (a seeded subset; more than the set: all)",
+    )  # fmt: skip
     test_examples: int | None = Field(
-        default=None, ge=1, description="Evaluate on only the first this many test examples"
-    )
+        default=None, ge=1, le=2**31 - 1,
+        description="Evaluate on only the first this many test examples (more than the set: all)",
+    )  # fmt: skip
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first")
     devices: int = Field(
         default=1, ge=1, le=16,

@@ -33,6 +33,7 @@ BAD_JOBS = [
     ({"model": "lenet", "resize": 0}, "resize"),
     ({"model": "lenet", "epochs": "ten"}, "epochs"),
     ({"model": "lenet", "epochs": True}, "epochs"),  # not taken as 1
+    ({"model": "lenet", "train_examples": 2**63}, "train_examples"),
     ({"model": "lenet", "learning_rate": 0.1}, "learning_rate"),  # unknown field
     ({"model": "lenet", "lr_schedule": "step"}, "lr_schedule"),
     ({"model": "lenet", "kind": "lr_find", "lr_schedule": "cosine"}, "lr_schedule"),
