@@ -131,9 +131,10 @@ class _Runner:
         # channels_last pays on the CPU too (mkldnn): LeNet trains 1.2-1.4x faster with it on
         # 2 AVX2 cores (measured), the 224-px nets the same or faster.
         self.channels_last = self.convolutional
+        self._autocast = training_autocast(device, convolutional=self.convolutional)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return training_autocast(self.device, convolutional=self.convolutional)
+        return self._autocast()
 
     def inputs(self, images_uint8: torch.Tensor) -> torch.Tensor:
         x = models.to_model_input(images_uint8, self.side)

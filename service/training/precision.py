@@ -20,7 +20,9 @@ TRAINSERVE_CPU_BF16 (read by each job process): ``auto`` (default: on where the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+from collections.abc import Callable
 from functools import lru_cache
 
 import torch
@@ -61,12 +63,17 @@ def cpu_bf16_enabled(convolutional: bool) -> bool:
 
 def training_autocast(
     device: torch.device, convolutional: bool
-) -> contextlib.AbstractContextManager:
-    """The autocast context of the forward pass of a training (or evaluation) step."""
+) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the autocast context for the forward passes of a run's training (and
+    evaluation) steps; the choice, environment included, is made once here, not per step."""
     if device.type == "cuda":
         # No weight-cast cache: CUDA graph capture needs it off, and a training step uses
         # each weight once anyway.
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=False)
+        return functools.partial(
+            torch.autocast, device_type="cuda", dtype=torch.bfloat16, cache_enabled=False
+        )
     if device.type == "cpu" and cpu_bf16_enabled(convolutional):
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16, cache_enabled=False)
-    return contextlib.nullcontext()
+        return functools.partial(
+            torch.autocast, device_type="cpu", dtype=torch.bfloat16, cache_enabled=False
+        )
+    return contextlib.nullcontext

@@ -268,10 +268,10 @@ def test_cpu_bf16_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(precision.ENV_SWITCH, raising=False)
     assert precision.cpu_bf16_enabled(convolutional=True)  # auto, on an AMX CPU
     assert not precision.cpu_bf16_enabled(convolutional=False)  # MLP, softmax: always fp32
-    with precision.training_autocast(cpu, convolutional=True):
+    with precision.training_autocast(cpu, convolutional=True)():
         assert torch.is_autocast_enabled("cpu")
     monkeypatch.setenv(precision.ENV_SWITCH, "off")
-    with precision.training_autocast(cpu, convolutional=True):
+    with precision.training_autocast(cpu, convolutional=True)():
         assert not torch.is_autocast_enabled("cpu")
     monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
     monkeypatch.setenv(precision.ENV_SWITCH, "auto")
