@@ -80,14 +80,14 @@ SessionDep = Annotated[
 ]
 
 
-CONNECT_CHECK_TIMEOUT_SECONDS = 10
+CONNECT_CHECK_SECONDS = 10  # an unreachable host fails the start-up check, not hangs it
 DATABASE_VARIABLE = "TRAINSERVE_DATABASE_URL"
 
 
 def check_database(url: str) -> Engine:
-    """An engine on ``url`` that has answered once; SettingError (one line for the CLI, exit 2)
-    for a URL that does not parse, a database other than SQLite or PostgreSQL, a driver that is
-    not installed, or a database that does not answer."""
+    """An engine on ``url`` that has answered once (the caller disposes of it). SettingError
+    (one line for the CLI, exit 2) for a URL that does not parse, a database other than SQLite
+    or PostgreSQL, a driver that is not installed, or a database that does not answer."""
     from sqlalchemy import text
     from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
@@ -108,19 +108,19 @@ def check_database(url: str) -> Engine:
             f"(postgresql+psycopg://...), not {backend}"
         )
     try:
-        engine = make_engine(url)
+        engine = (
+            make_engine(url)
+            if backend == "sqlite"  # its directory made, its pragmas set, as the service's
+            else create_engine(url, connect_args={"connect_timeout": CONNECT_CHECK_SECONDS})
+        )
     except (ImportError, NoSuchModuleError) as exc:
         raise SettingError(
             f"{DATABASE_VARIABLE}={shown}: its driver is not installed ({exc}); "
             "use postgresql+psycopg://"
         ) from None
     try:
-        options = {"connect_timeout": CONNECT_CHECK_TIMEOUT_SECONDS} if backend != "sqlite" else {}
-        probe = create_engine(url, connect_args=options) if options else engine
-        with probe.connect() as conn:
+        with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-        if probe is not engine:
-            probe.dispose()
     except DBAPIError as exc:
         engine.dispose()
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
