@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import os
 import zipfile
 from dataclasses import dataclass, field
 
@@ -299,13 +300,7 @@ def _class_folder_depth(paths: list[list[str]]) -> int:
     class, as with torchvision's ImageFolder. If all images share one folder, it is the class."""
     if not paths:
         return 0
-    shared = paths[0][:-1]
-    for parts in paths[1:]:
-        folders = parts[:-1]
-        n = 0
-        while n < min(len(shared), len(folders)) and shared[n] == folders[n]:
-            n += 1
-        shared = shared[:n]
+    shared = os.path.commonprefix([parts[:-1] for parts in paths])  # element-wise on lists
     deepest_shared = min(len(parts) - 2 for parts in paths)  # keep a class folder below it
     return max(0, min(len(shared), deepest_shared))
 
