@@ -8,6 +8,7 @@ Time always comes from the database clock.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -52,6 +53,14 @@ class JobFinished(Exception):
 
     def __init__(self, job: Job) -> None:
         super().__init__(f"job {job.id} is already {job.status}")
+        self.job = job
+
+
+class IdempotencyKeyReused(Exception):
+    """The key already created a job from a different request."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"already used for a different request, which created job {job.id}")
         self.job = job
 
 
@@ -150,15 +159,19 @@ def submit_job(
     priority: int = 0,
     max_attempts: int = 3,
     idempotency_key: str | None = None,
+    drawn: frozenset[str] = frozenset(),
 ) -> Job:
-    """Insert a queued job; the same idempotency key returns the job it created first."""
+    """Insert a queued job; the same idempotency key returns the job it created first.
+
+    `drawn` names config fields the service chose for this request (a seed drawn at random):
+    a retry draws them anew, so they do not make it a different request. Any other difference
+    raises IdempotencyKeyReused rather than silently returning a job the caller did not ask for.
+    """
     _begin_write(session)
     if idempotency_key is not None:
-        existing = session.scalars(
-            select(Job).where(Job.idempotency_key == idempotency_key)
-        ).first()
+        existing = _job_with_key(session, idempotency_key)
         if existing is not None:
-            return existing
+            return _same_request(existing, config, priority, drawn)
     job = _new_job(config, priority, max_attempts, idempotency_key=idempotency_key)
     session.add(job)
     try:
@@ -168,14 +181,29 @@ def submit_job(
         session.rollback()
         if idempotency_key is None:
             raise
-        existing = session.scalars(
-            select(Job).where(Job.idempotency_key == idempotency_key)
-        ).first()
+        existing = _job_with_key(session, idempotency_key)
         if existing is None:
             raise
-        return existing
+        return _same_request(existing, config, priority, drawn)
     session.refresh(job)
     return job
+
+
+def _job_with_key(session: Session, idempotency_key: str) -> Job | None:
+    return session.scalars(select(Job).where(Job.idempotency_key == idempotency_key)).first()
+
+
+def _same_request(
+    existing: Job, config: dict[str, Any], priority: int, drawn: frozenset[str]
+) -> Job:
+    def compared(c: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in c.items() if k not in drawn}
+
+    # The stored config went through JSON (tuples came back as lists): compare like with like.
+    asked = json.loads(json.dumps(config))
+    if existing.priority != priority or compared(existing.config) != compared(asked):
+        raise IdempotencyKeyReused(existing)
+    return existing
 
 
 def get_job(session: Session, job_id: int) -> Job:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, status
+from fastapi import APIRouter, Depends, Header, Request, status
 
 from service import artifacts, datasets_store, queue
+from service.api.bodies import require_json
 from service.api.params import JobId, Limit, Offset
 from service.db import SessionDep
 from service.errors import Conflict, InvalidRequest, NotFound
@@ -24,7 +25,13 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "No job with that id"}}
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobPublic,
+    dependencies=[Depends(require_json)],
+    responses={415: {"model": ErrorResponse, "description": "Not JSON"}},
+)
 def submit_job(
     body: JobCreate,
     request: Request,
@@ -35,13 +42,18 @@ def submit_job(
     config, problems = body.resolve(datasets_store.stored_kind(session, body.dataset))
     if problems:
         raise InvalidRequest.for_fields(problems)
-    job = queue.submit_job(
-        session,
-        config.to_dict(),
-        priority=body.priority,
-        max_attempts=request.app.state.settings.max_attempts,
-        idempotency_key=idempotency_key,
-    )
+    try:
+        job = queue.submit_job(
+            session,
+            config.to_dict(),
+            priority=body.priority,
+            max_attempts=request.app.state.settings.max_attempts,
+            idempotency_key=idempotency_key,
+            drawn=frozenset({"seed"}) if body.seed is None else frozenset(),
+        )
+    except queue.IdempotencyKeyReused as exc:
+        # As the IETF idempotency-key draft says: a reused key with another payload is a 422.
+        raise InvalidRequest.for_fields([("Idempotency-Key", str(exc))]) from exc
     return JobPublic.from_job(job)
 
 

@@ -174,3 +174,34 @@ def test_oversized_body_is_413(tmp_path: Path, start_server) -> None:
     wait_for_status(client, job["id"], {"succeeded"})
     big = {"instances": as_instances(np.full((2, 28, 28), 200))}
     assert_error(client.post(f"/models/{job['id']}/predict", json=big), 413)
+
+
+def test_idempotency_key_reused_for_another_body_is_422(client: httpx.Client) -> None:
+    body = {"model": "softmax", "dataset": "synthetic", "epochs": 1, "priority": -9}
+    headers = {"Idempotency-Key": "bad-input-reuse"}
+    first = client.post("/jobs", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    # A retry of the same body (no seed: the service draws one each time) is the same job.
+    assert client.post("/jobs", json=body, headers=headers).json()["id"] == first.json()["id"]
+    before = client.get("/jobs").json()["count"]
+    for changed in ({**body, "epochs": 2}, {**body, "seed": 7}, {**body, "priority": 0}):
+        error = assert_error(client.post("/jobs", json=changed, headers=headers), 422)
+        assert error["fields"][0]["field"] == "Idempotency-Key"
+        assert str(first.json()["id"]) in error["message"]
+    assert client.get("/jobs").json()["count"] == before
+    client.post(f"/jobs/{first.json()['id']}/cancel")
+
+
+def test_job_and_sweep_bodies_must_be_json(client: httpx.Client) -> None:
+    before = client.get("/jobs").json()["count"]
+    body = b'{"model": "softmax", "dataset": "synthetic", "epochs": 1}'
+    for path in ("/jobs", "/sweeps"):
+        # curl -d alone sends a form; httpx's content= sends no content type at all.
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = {"content-type": content_type} if content_type else {}
+            response = client.post(path, content=body, headers=headers)
+            assert "application/json" in assert_error(response, 415)["message"]
+    assert client.get("/jobs").json()["count"] == before
+    job = client.post("/jobs", content=body, headers={"content-type": "application/json"})
+    assert job.status_code == 201, job.text
+    client.post(f"/jobs/{job.json()['id']}/cancel")

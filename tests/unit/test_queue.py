@@ -25,6 +25,7 @@ from service.db import make_engine, make_session_factory
 from service.queue import (
     RETRY_BACKOFF_MAX_SECONDS,
     RETRY_BACKOFF_SECONDS,
+    IdempotencyKeyReused,
     JobFinished,
     JobNotFound,
     cancel_job,
@@ -238,14 +239,27 @@ def test_get_job_unknown_raises_not_found(db: Db) -> None:
 
 def test_idempotency_key_returns_the_first_job(db: Db) -> None:
     first = db.submit(idempotency_key="key-1")
-    again = db.submit({**CONFIG, "epochs": 99}, idempotency_key="key-1")
-    assert again == first
-    assert db.job(first).config == CONFIG  # the second config was not applied
+    assert db.submit(idempotency_key="key-1") == first
     other = db.submit(idempotency_key="key-2")
     no_key_a = db.submit()
     no_key_b = db.submit()
     assert len({first, other, no_key_a, no_key_b}) == 4
     assert db.count_jobs() == 4
+
+
+def test_idempotency_key_reused_for_another_request_is_refused(db: Db) -> None:
+    first = db.submit({**CONFIG, "seed": 1}, idempotency_key="key-1")
+    for config, priority in (({**CONFIG, "seed": 1, "epochs": 99}, 0), ({**CONFIG, "seed": 1}, 5)):
+        with db.sessions() as session, pytest.raises(IdempotencyKeyReused) as refused:
+            submit_job(session, config, priority=priority, idempotency_key="key-1")
+        assert refused.value.job.id == first
+    assert db.job(first).config["epochs"] == CONFIG["epochs"]  # nothing was applied
+    # A seed the service drew for the retry is not part of the request.
+    retry = {**CONFIG, "seed": 2}
+    assert db.submit(retry, idempotency_key="key-1", drawn=frozenset({"seed"})) == first
+    with db.sessions() as session, pytest.raises(IdempotencyKeyReused):
+        submit_job(session, retry, idempotency_key="key-1")
+    assert db.count_jobs() == 1
 
 
 def test_idempotent_submit_when_another_request_inserts_first(db: Db) -> None:
