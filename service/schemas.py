@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from datetime import UTC, datetime
@@ -201,12 +202,20 @@ class JobCreate(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """pydantic takes true as 1 for a number; "epochs": true is a client's mistake."""
-        if isinstance(value, bool) and info.field_name is not None:
-            annotation = cls.model_fields[info.field_name].annotation
-            if {annotation, *get_args(annotation)} & {int, float}:
-                raise ValueError("must be a number, not true or false")
+    def _json_types_as_written(cls, value: Any, info: ValidationInfo) -> Any:
+        """Numbers and booleans as JSON writes them, not coerced from another type.
+
+        pydantic takes true as 1, "2" as 2 and "yes" as true; each is more likely a client's
+        mistake (a form value, a quoted number) than what it meant.
+        """
+        if info.field_name is None:
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        types = {annotation, *get_args(annotation)}
+        if types & {int, float} and isinstance(value, bool | str):
+            raise ValueError(f"must be a number, not {json.dumps(value)}")
+        if bool in types and not isinstance(value, bool):
+            raise ValueError(f"must be true or false, not {json.dumps(value)}")
         return value
 
     @field_validator("model")

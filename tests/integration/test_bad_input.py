@@ -33,6 +33,10 @@ BAD_JOBS = [
     ({"model": "lenet", "resize": 0}, "resize"),
     ({"model": "lenet", "epochs": "ten"}, "epochs"),
     ({"model": "lenet", "epochs": True}, "epochs"),  # not taken as 1
+    ({"model": "lenet", "epochs": "2"}, "epochs"),  # a quoted number is not taken as one
+    ({"model": "lenet", "lr": "0.1"}, "lr"),
+    ({"model": "lenet", "decay_bias": "yes"}, "decay_bias"),
+    ({"model": "lenet", "decay_bias": 1}, "decay_bias"),
     ({"model": "lenet", "train_examples": 2**63}, "train_examples"),
     ({"model": "lenet", "learning_rate": 0.1}, "learning_rate"),  # unknown field
     ({"model": "lenet", "lr_schedule": "step"}, "lr_schedule"),
