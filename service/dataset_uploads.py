@@ -397,6 +397,16 @@ def _numeric(row: list[str]) -> bool:
     return True
 
 
+def format_of(filename: str, raw: bytes) -> str:
+    """The format a file's extension names (.npz, .zip, .csv), else the one its bytes suggest.
+
+    The name wins: random bytes called data.npz should be refused as a broken .npz, not
+    parsed as a CSV that then has too few rows.
+    """
+    suffix = filename.lower().rsplit(".", 1)[-1] if "." in filename else ""
+    return suffix if suffix in ("npz", "zip", "csv") else sniff_format(raw)
+
+
 def sniff_format(raw: bytes) -> str:
     """npz | zip | csv from the first bytes (an IDX upload comes as two files instead)."""
     if raw[:2] == b"PK":  # any zip signature; a broken archive then says so, not "bad CSV"

@@ -53,8 +53,10 @@ UPLOAD_BODY = {
 }
 
 
-async def _form_fields(request: Request, body: bytes) -> tuple[dict[str, bytes], dict[str, str]]:
-    """(files by field, text fields) from the multipart body already read into memory."""
+async def _form_fields(
+    request: Request, body: bytes
+) -> tuple[dict[str, bytes], dict[str, str], dict[str, str]]:
+    """(files by field, text fields, file names by field) from the body already in memory."""
 
     async def replay() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
@@ -68,11 +70,13 @@ async def _form_fields(request: Request, body: bytes) -> tuple[dict[str, bytes],
     try:
         files: dict[str, bytes] = {}
         texts: dict[str, str] = {}
+        filenames: dict[str, str] = {}
         for key, value in form.multi_items():
             if key in files or key in texts:
                 raise InvalidRequest.for_fields([(key, "given more than once")])
             if isinstance(value, UploadFile):
                 files[key] = await value.read()
+                filenames[key] = value.filename or ""
             else:
                 texts[key] = value
     finally:
@@ -82,10 +86,12 @@ async def _form_fields(request: Request, body: bytes) -> tuple[dict[str, bytes],
     )
     if unknown:
         raise InvalidRequest.for_fields([(k, "unknown field") for k in unknown])
-    return files, texts
+    return files, texts, filenames
 
 
-def _parse(files: dict[str, bytes], texts: dict[str, str], max_bytes: int) -> ParsedDataset:
+def _parse(
+    files: dict[str, bytes], texts: dict[str, str], filenames: dict[str, str], max_bytes: int
+) -> ParsedDataset:
     fmt = texts.get("format")
     if fmt is not None and fmt not in FORMATS:
         raise UploadError("format", f"must be one of {', '.join(FORMATS)}")
@@ -103,7 +109,7 @@ def _parse(files: dict[str, bytes], texts: dict[str, str], max_bytes: int) -> Pa
     if files.keys() - {"file"}:
         raise UploadError(sorted(files.keys() - {"file"})[0], "only with format 'idx'")
     raw = files["file"]
-    fmt = fmt or dataset_uploads.sniff_format(raw)
+    fmt = fmt or dataset_uploads.format_of(filenames.get("file", ""), raw)
     if "image_side" in texts and fmt != "zip":
         raise UploadError("image_side", "only for a zip of class folders")
     if fmt == "npz":
@@ -136,9 +142,11 @@ async def upload_dataset(request: Request, session: SessionDep) -> DatasetPublic
             "'file' (npz, zip or csv) or 'images' + 'labels' (IDX)"
         )
     body = await read_limited(request, settings.max_dataset_bytes)
-    files, texts = await _form_fields(request, body)
+    files, texts, filenames = await _form_fields(request, body)
     try:
-        parsed = await run_in_threadpool(_parse, files, texts, settings.max_dataset_bytes)
+        parsed = await run_in_threadpool(
+            _parse, files, texts, filenames, settings.max_dataset_bytes
+        )
     except UploadError as exc:
         raise InvalidRequest.for_fields([(exc.field, exc.reason)]) from exc
     row = await run_in_threadpool(

@@ -134,6 +134,7 @@ def test_bad_uploads(sqlite_url: str, start_server) -> None:
     bad = [
         ({"files": {"file": ("x.csv", b"a,b\n1,2\n")}}, "file"),
         ({"files": {"file": ("x.npz", b"PK\x03\x04broken")}}, "file"),
+        ({"files": {"file": ("x.npz", bytes(range(256)) * 4)}}, "file"),  # not read as CSV
         ({"files": {"images": ("i", b"\x00\x00\x08\x01")}}, "labels"),  # no labels file
         ({"files": {"file": ("x.csv", csv_upload())}, "data": {"format": "tar"}}, "format"),
         ({"files": {"file": ("x.csv", csv_upload())}, "data": {"image_side": "20"}}, "image_side"),

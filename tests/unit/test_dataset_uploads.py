@@ -13,6 +13,7 @@ from PIL import Image
 
 from service.dataset_uploads import (
     UploadError,
+    format_of,
     parse_csv,
     parse_idx_pair,
     parse_npz,
@@ -185,3 +186,14 @@ def test_sniff_format() -> None:
     assert sniff_format(b"1,2,3\n") == "csv"
     assert sniff_format(b"PK broken archive") == "zip"  # then "not a zip archive", not a CSV error
     refused("file", "not a zip archive", parse_zip_folders, b"PK broken archive", LIMIT)
+
+
+def test_a_file_name_s_extension_names_the_format() -> None:
+    noise = bytes(range(256)) * 4
+    assert format_of("data.NPZ", noise) == "npz"  # then "not an .npz file", not a CSV error
+    refused("file", "not an .npz file", parse_npz, noise, LIMIT)
+    assert format_of("photos.zip", b"1,2\n") == "zip"
+    assert format_of("points.csv", b"PK\x03\x04") == "csv"
+    # Without a known extension, the bytes decide.
+    assert format_of("upload", zip_bytes({"a/b.png": png(1)})) == "zip"
+    assert format_of("data.txt", b"1,2,3\n") == "csv"
