@@ -465,10 +465,11 @@ def finish_job(
         )
 
 
-def release_job(engine: Engine, job_id: int, token: str) -> bool:
+def release_job(engine: Engine, job_id: int, token: str) -> str | None:
     """Give a running job back to the queue (worker shutting down); the run is not counted.
     A job whose cancel was accepted but not yet seen by its worker is cancelled instead: it
-    must not run again after the restart."""
+    must not run again after the restart. Returns the job's new status (queued or cancelled),
+    or None if the lease was no longer ours."""
     cancelled = JOBS.c.cancel_requested
     values = {
         "status": case((cancelled, JobStatus.CANCELLED.value), else_=JobStatus.QUEUED.value),
@@ -481,10 +482,9 @@ def release_job(engine: Engine, job_id: int, token: str) -> bool:
         "lease_expires_at": None,
         "attempts": JOBS.c.attempts - 1,
     }
+    stmt = update(JOBS).where(_leased(job_id, token)).values(**values).returning(JOBS.c.status)
     with _write(engine) as conn:
-        return (
-            conn.execute(update(JOBS).where(_leased(job_id, token)).values(**values)).rowcount == 1
-        )
+        return conn.execute(stmt).scalar()
 
 
 def requeue_or_fail(
@@ -494,9 +494,9 @@ def requeue_or_fail(
     reason: str,
     *,
     backoff_seconds: float = RETRY_BACKOFF_SECONDS,
-) -> bool:
+) -> str | None:
     """The job's process crashed: requeue it with backoff, fail it after max_attempts, or
-    cancel it if the user asked to."""
+    cancel it if the user asked to. Returns the new status, or None if the lease was lost."""
     dialect = engine.dialect.name
     out_of_attempts = JOBS.c.attempts >= JOBS.c.max_attempts
     final = or_(out_of_attempts, JOBS.c.cancel_requested)
@@ -528,9 +528,10 @@ def requeue_or_fail(
             lease_owner=None,
             lease_expires_at=None,
         )
+        .returning(JOBS.c.status)
     )
     with _write(engine) as conn:
-        return conn.execute(stmt).rowcount == 1
+        return conn.execute(stmt).scalar()
 
 
 def _backoff(dialect: str, backoff_seconds: float) -> ColumnElement[Any]:

@@ -185,18 +185,23 @@ class Worker:
             ):
                 ckpt.unlink(missing_ok=True)
         elif exitcode == Outcome.STOPPED or self.stopping.is_set() or self._parent_gone():
-            if queue.release_job(self.engine, job_id, token):  # resumes from its checkpoint
+            status = queue.release_job(self.engine, job_id, token)
+            if status == JobStatus.QUEUED.value:  # resumes from its checkpoint
                 log.info("worker %s: job %s requeued for shutdown", self.name, job_id)
+            elif status is not None:  # a cancel it had not seen yet: nothing will resume it
+                ckpt.unlink(missing_ok=True)
         else:
             reason = _describe_exit(exitcode)
             log.error("job %s: %s", job_id, reason)
-            queue.requeue_or_fail(
+            status = queue.requeue_or_fail(
                 self.engine,
                 job_id,
                 token,
                 f"the training process {reason}",
                 backoff_seconds=self.settings.retry_backoff_seconds,
             )
+            if status not in (None, JobStatus.QUEUED.value):  # failed or cancelled for good
+                ckpt.unlink(missing_ok=True)
 
 
 def _describe_exit(exitcode: int | None) -> str:

@@ -437,7 +437,7 @@ def test_wrong_token_changes_nothing_and_right_token_works(db: Db) -> None:
     assert cancel_requested(db.engine, job_id, wrong) == queue.Heartbeat(False, False)
     assert record_epoch(db.engine, job_id, wrong, epoch_metrics(1)) is False
     assert finish_job(db.engine, job_id, wrong, JobStatus.SUCCEEDED) is False
-    assert release_job(db.engine, job_id, wrong) is False
+    assert release_job(db.engine, job_id, wrong) is None
     # The right token on another job is wrong too.
     other = db.submit()
     assert heartbeat(db.engine, other, claimed.token, 3600).lease_held is False
@@ -475,7 +475,7 @@ def test_wrong_token_changes_nothing_and_right_token_works(db: Db) -> None:
     assert cancel_requested(db.engine, job_id, claimed.token).lease_held is False
     assert record_epoch(db.engine, job_id, claimed.token, epoch_metrics(2)) is False
     assert finish_job(db.engine, job_id, claimed.token, JobStatus.FAILED, error="x") is False
-    assert release_job(db.engine, job_id, claimed.token) is False
+    assert release_job(db.engine, job_id, claimed.token) is None
     still = db.job(job_id)
     assert still.status == "succeeded" and still.error is None and still.epochs_done == 1
     assert [m.epoch for m in db.metrics(job_id)] == [1]
@@ -593,7 +593,7 @@ def test_an_accepted_cancel_is_not_requeued_by_a_stopping_worker(db: Db) -> None
     claimed = claim(db)
     with db.sessions() as session:
         cancel_job(session, job_id)
-    assert release_job(db.engine, job_id, claimed.token) is True
+    assert release_job(db.engine, job_id, claimed.token) == "cancelled"
     job = db.job(job_id)
     assert job.status == "cancelled" and job.finished_at is not None
     assert claim_next_job(db.engine, "w2", LONG_LEASE) is None  # it never runs again
@@ -660,7 +660,7 @@ def test_requeue_expired_lease_with_backoff(db: Db) -> None:
     assert heartbeat(db.engine, job_id, claimed.token, LONG_LEASE).lease_held is False
     assert record_epoch(db.engine, job_id, claimed.token, epoch_metrics(1)) is False
     assert finish_job(db.engine, job_id, claimed.token, JobStatus.SUCCEEDED) is False
-    assert release_job(db.engine, job_id, claimed.token) is False
+    assert release_job(db.engine, job_id, claimed.token) is None
     assert db.job(job_id).status == "queued" and db.metrics(job_id) == []
 
     # Not claimable during the backoff; claimable once it has passed.
@@ -746,9 +746,9 @@ def test_requeue_leaves_live_leases_and_other_jobs_alone(db: Db) -> None:
 def test_requeue_or_fail_retries_with_backoff_then_fails(db: Db) -> None:
     job_id = db.submit(max_attempts=2)
     first = claim(db)
-    assert queue.requeue_or_fail(db.engine, job_id, "0" * 32, "boom") is False  # wrong token
+    assert queue.requeue_or_fail(db.engine, job_id, "0" * 32, "boom") is None  # wrong token
     assert db.job(job_id).status == "running"
-    assert queue.requeue_or_fail(db.engine, job_id, first.token, "it crashed") is True
+    assert queue.requeue_or_fail(db.engine, job_id, first.token, "it crashed") == "queued"
     job = db.job(job_id)
     assert job.status == "queued" and job.attempts == 1 and job.finished_at is None
     assert job.lease_token is None and job.lease_expires_at is None
@@ -756,12 +756,12 @@ def test_requeue_or_fail_retries_with_backoff_then_fails(db: Db) -> None:
     backoff = (utc(job.not_before) - db.now()).total_seconds()
     assert RETRY_BACKOFF_SECONDS - 2 < backoff <= RETRY_BACKOFF_SECONDS
     assert claim_next_job(db.engine, "w1", LONG_LEASE) is None  # backing off
-    assert queue.requeue_or_fail(db.engine, job_id, first.token, "again") is False  # token dead
+    assert queue.requeue_or_fail(db.engine, job_id, first.token, "again") is None  # token dead
 
     db.set(job_id, not_before=PAST)
     second = claim(db)
     assert second.attempt == 2
-    assert queue.requeue_or_fail(db.engine, job_id, second.token, "it crashed") is True
+    assert queue.requeue_or_fail(db.engine, job_id, second.token, "it crashed") == "failed"
     job = db.job(job_id)
     assert job.status == "failed" and job.finished_at is not None and job.not_before is None
     assert job.error and "it crashed" in job.error and "2 attempts" in job.error
@@ -773,7 +773,7 @@ def test_requeue_or_fail_cancels_a_cancel_requested_job(db: Db) -> None:
     claimed = claim(db)
     with db.sessions() as session:
         cancel_job(session, job_id)
-    assert queue.requeue_or_fail(db.engine, job_id, claimed.token, "it crashed") is True
+    assert queue.requeue_or_fail(db.engine, job_id, claimed.token, "it crashed") == "cancelled"
     job = db.job(job_id)
     assert job.status == "cancelled"
     assert job.finished_at is not None and job.not_before is None
@@ -785,14 +785,14 @@ def test_requeue_or_fail_cancels_a_cancel_requested_job(db: Db) -> None:
 def test_release_requeues_without_counting_the_attempt(db: Db) -> None:
     job_id = db.submit()
     first = claim(db)
-    assert release_job(db.engine, job_id, first.token) is True
+    assert release_job(db.engine, job_id, first.token) == "queued"
     job = db.job(job_id)
     assert job.status == "queued"
     assert job.attempts == 0
     assert job.lease_token is None and job.lease_owner is None and job.lease_expires_at is None
     assert job.finished_at is None
     assert heartbeat(db.engine, job_id, first.token, LONG_LEASE).lease_held is False
-    assert release_job(db.engine, job_id, first.token) is False
+    assert release_job(db.engine, job_id, first.token) is None
     second = claim(db)  # no backoff after a release
     assert second.id == job_id and second.attempt == 1
     assert db.job(job_id).attempts == 1
