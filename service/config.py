@@ -6,7 +6,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STATE_DIR = Path("var")
@@ -60,6 +60,19 @@ class Settings(BaseSettings):
     batch_max_delay_ms: float = Field(default=2.0, ge=0, le=1000)  # wait for more, when busy
     batch_queue_size: int = Field(default=1024, ge=1)  # images waiting per model; then 503
     max_dataset_bytes: int = Field(default=200 * 1024 * 1024, ge=1)  # POST /datasets body
+
+    @field_validator("lease_seconds")
+    @classmethod
+    def _lease_outlasts_heartbeat(cls, value: float, info: ValidationInfo) -> float:
+        # A lease that lapses before its renewal is due gets every running job requeued by
+        # another worker while it still runs.
+        heartbeat = info.data.get("heartbeat_seconds")
+        if heartbeat is not None and value <= heartbeat:
+            raise ValueError(
+                f"must be longer than TRAINSERVE_HEARTBEAT_SECONDS ({heartbeat:g}), the interval "
+                "at which it is renewed (several times longer survives a slow renewal)"
+            )
+        return value
 
     @field_validator("inference_device")
     @classmethod
