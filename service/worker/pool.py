@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 from service.config import Settings, get_settings
 
@@ -38,6 +39,16 @@ def default_worker_devices(count: int | None, slots_per_gpu: int | None = None) 
     return [devices[i % len(devices)] for i in range(count)]
 
 
+@dataclass
+class _Slot:
+    """One worker process of the pool, and what its restart backoff needs to know."""
+
+    process: subprocess.Popen[bytes]
+    started: float  # time.monotonic() of the latest start
+    quick_deaths: int = 0  # deaths in a row, each within HEALTHY_AFTER_SECONDS of its start
+    restart_at: float | None = None  # when a dead worker is started again
+
+
 class WorkerPool:
     """Starts worker processes that exit with us, restarts one that dies (the only CPU worker of
     `serve` killed by the OOM killer would otherwise leave every job queued for good), and
@@ -47,13 +58,15 @@ class WorkerPool:
     def __init__(self, settings: Settings, devices: list[str]) -> None:
         self.settings = settings
         self.devices = devices
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self._started: list[float] = []  # time.monotonic() of each slot's latest start
-        self._quick_deaths: list[int] = []  # deaths in a row, each within HEALTHY_AFTER_SECONDS
-        self._restart_at: list[float | None] = []
+        self._slots: list[_Slot] = []
         self._env: dict[str, str] = {}
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
+
+    @property
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        """The current process of each slot (a restarted worker replaces its slot's)."""
+        return [slot.process for slot in self._slots]
 
     def command(self, slot: int) -> list[str]:
         """The command line of the worker in ``slot``."""
@@ -83,57 +96,54 @@ class WorkerPool:
     def start(self) -> None:
         self._env = self._environment()
         self._stopping.clear()
-        self.processes = [self._spawn(slot) for slot in range(len(self.devices))]
         now = time.monotonic()
-        self._started = [now] * len(self.processes)
-        self._quick_deaths = [0] * len(self.processes)
-        self._restart_at = [None] * len(self.processes)
-        log.info("started %d worker(s) on %s", len(self.processes), ", ".join(self.devices))
-        if self.processes:
+        self._slots = [_Slot(self._spawn(i), started=now) for i in range(len(self.devices))]
+        log.info("started %d worker(s) on %s", len(self._slots), ", ".join(self.devices))
+        if self._slots:
             self._watcher = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
             self._watcher.start()
 
     def _watch(self) -> None:
         while not self._stopping.wait(WATCH_SECONDS):
-            for slot, process in enumerate(self.processes):
-                code = process.poll()
+            for index, slot in enumerate(self._slots):
+                code = slot.process.poll()
                 if code is not None and not self._stopping.is_set():
-                    self._restart(slot, code)
+                    self._restart(index, code)
 
-    def _restart(self, slot: int, code: int) -> None:
+    def _restart(self, index: int, code: int) -> None:
         """Restart a dead worker, after a pause that grows while it keeps dying young. Its job
         is requeued by a worker (this new one, too) once its lease expires, and resumes."""
-        now = time.monotonic()
-        if self._restart_at[slot] is None:
-            if now - self._started[slot] >= HEALTHY_AFTER_SECONDS:
-                self._quick_deaths[slot] = 0
+        slot, now = self._slots[index], time.monotonic()
+        if slot.restart_at is None:
+            if now - slot.started >= HEALTHY_AFTER_SECONDS:
+                slot.quick_deaths = 0
             delay = RESTART_BACKOFF_SECONDS[
-                min(self._quick_deaths[slot], len(RESTART_BACKOFF_SECONDS) - 1)
+                min(slot.quick_deaths, len(RESTART_BACKOFF_SECONDS) - 1)
             ]
             log.warning(
                 "worker %d on %s exited with code %s; restarting it in %g s (its job, if it had "
-                "one, is requeued when the lease lapses)", slot, self.devices[slot], code, delay,
+                "one, is requeued when the lease lapses)", index, self.devices[index], code, delay,
             )  # fmt: skip
-            self._restart_at[slot] = now + delay
-        restart_at = self._restart_at[slot]
-        if restart_at is not None and now >= restart_at:
-            self._quick_deaths[slot] += 1
-            self.processes[slot] = self._spawn(slot)
-            self._started[slot], self._restart_at[slot] = now, None
+            slot.restart_at = now + delay
+        if now >= slot.restart_at:
+            slot.quick_deaths += 1
+            slot.process = self._spawn(index)
+            slot.started, slot.restart_at = now, None
 
     def stop(self) -> None:
         self._stopping.set()
         if self._watcher is not None:
             self._watcher.join()
             self._watcher = None
-        for p in self.processes:
+        processes = self.processes
+        for p in processes:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for p in self.processes:
+        for p in processes:
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        self.processes.clear()
+        self._slots.clear()
