@@ -2,18 +2,20 @@
 
 Accepted uploads:
   npz   ``images`` (N, H, W), (N, H, W, 1|3) or (N, 1|3, H, W) and ``labels`` (N,); optional
-        ``test_images`` + ``test_labels`` and ``class_names`` (N strings). uint8, or integers
+        ``test_images`` + ``test_labels`` and ``class_names`` (C strings). uint8, or integers
         0..255, or floats in [0, 255] (floats all within [0, 1] are taken as intensities x 255).
   idx   an images file (N, H, W) and a labels file (N,) in the IDX format, gzipped or not.
   zip   one folder per class (the folder name is the class name) of image files, below any
         folders that every image shares; images in subfolders of a class folder belong to that
-        class. Every image becomes grayscale and is resized to ``image_side`` x ``image_side``.
-  csv   numbers only, an optional header row; the last column is the target, the others are
-        the features (a regression dataset).
+        class. Every image is decoded as the predict path decodes an upload
+        (service.inference.images.decode_image) and resized to ``image_side`` x ``image_side``.
+  csv   plain decimal numbers only, an optional header row; the last column is the target, the
+        others are the features (a regression dataset).
 
-Images end up as uint8 (N, H, W) grayscale with labels 0..C-1 (2 <= C <= 1000); features as
-float32 (N, D). Without an explicit test set, a fixed, seeded fifth of the examples is held out
-as the test set. Nothing is ever unpickled, extracted to disk, or named after user input.
+Images end up as uint8 (N, H, W) grayscale with labels 0..C-1 (2 <= C <= 1000, every class with
+examples, class names distinct); features as float32 (N, D), all finite. Without an explicit
+test set, a fixed, seeded fifth of the examples is held out as the test set. Nothing is ever
+unpickled, extracted to disk, or named after user input.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ import gzip
 import io
 import os
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
+from service.inference.errors import InvalidInput
+from service.inference.images import decode_image
 from service.training.data import DatasetError, parse_idx
 
 MIN_EXAMPLES = 10  # enough for a test, a validation and a training split
@@ -37,12 +42,17 @@ MIN_SIDE = 4
 MAX_FEATURES = 10_000
 MAX_ZIP_MEMBERS = 200_000
 MAX_IMAGE_FILE_BYTES = 20 * 1024 * 1024  # one image inside a zip
-MAX_IMAGE_PIXELS = 4096 * 4096  # decoded; larger is a decompression bomb for our purposes
-DECOMPRESSED_FACTOR = 4  # archives may inflate to this many times the upload limit, no more
+# Archives may unpack, and a zip's images decode, to this many times the upload limit, no more.
+DECOMPRESSED_FACTOR = 4
 TEST_FRACTION = 0.2
 SPLIT_SEED = 20240609  # fixed: the held-out test set of a dataset never depends on a job
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
 FORMATS = ("npz", "idx", "zip", "csv")
+NPY_MAGIC = b"\x93NUMPY"
+WHAT_A_DATASET_IS = (
+    "a dataset is an .npz (arrays 'images' and 'labels'), a zip of class folders of images, "
+    "a CSV (features..., target), or an IDX pair in the fields 'images' + 'labels'"
+)
 
 
 class UploadError(ValueError):
@@ -125,12 +135,57 @@ def _labels(labels: np.ndarray, n: int, what: str) -> np.ndarray:
             raise UploadError(what, "labels must be whole numbers")
     elif labels.dtype.kind not in "ui":
         raise UploadError(what, f"labels must be integers, got dtype {labels.dtype}")
-    labels = labels.astype(np.int64)
+    # Range-checked in the array's own dtype: cast to int64 first, a float 1e20 or a uint64
+    # 2**63 would wrap to a negative number and the message would show that instead.
     if n and labels.min() < 0:
         raise UploadError(what, f"labels must be 0..C-1, got {int(labels.min())}")
     if n and labels.max() >= MAX_CLASSES:
-        raise UploadError(what, f"at most {MAX_CLASSES} classes (labels 0..{MAX_CLASSES - 1})")
-    return labels
+        raise UploadError(
+            what,
+            f"at most {MAX_CLASSES} classes (labels 0..{MAX_CLASSES - 1}), "
+            f"got label {int(labels.max())}",
+        )
+    return labels.astype(np.int64)
+
+
+def _class_count(
+    labels: np.ndarray, test_labels: np.ndarray, class_names: list[str] | None, what: str
+) -> int:
+    """C, once the labels are known to be 0..C-1 with at least one example of every class.
+
+    A class without examples cannot be learnt, yet the model would still give it an output and
+    the accuracy would hide it: all-1 labels would train a "two-class" model that always says 1.
+    """
+    seen = np.union1d(labels, test_labels)
+    highest = int(seen.max())
+    num_classes = len(class_names) if class_names else highest + 1
+    if class_names and highest >= num_classes:
+        raise UploadError(what, f"label {highest} has no class name ({num_classes} given)")
+    if num_classes < MIN_CLASSES:
+        raise UploadError(what, f"need at least {MIN_CLASSES} classes, got {num_classes}")
+    if num_classes > MAX_CLASSES:
+        raise UploadError(what, f"at most {MAX_CLASSES} classes, got {num_classes} class names")
+    missing = np.setdiff1d(np.arange(num_classes), seen)
+    if missing.size:
+        shown = ", ".join(_class_label(int(c), class_names) for c in missing[:5])
+        more = f" and {missing.size - 5} more" if missing.size > 5 else ""
+        raise UploadError(
+            what,
+            f"labels must be 0..C-1 with examples of every class; no example of {shown}{more} "
+            f"(C = {num_classes}: renumber the labels, or drop the unused class names)",
+        )
+    return num_classes
+
+
+def _class_label(label: int, class_names: list[str] | None) -> str:
+    return f"class {class_names[label]!r} (label {label})" if class_names else f"label {label}"
+
+
+def _check_distinct(names: list[str], what: str) -> None:
+    """Predictions name their class: two classes of one name could not be told apart."""
+    name, times = Counter(names).most_common(1)[0] if names else ("", 0)
+    if times > 1:
+        raise UploadError(what, f"class names must be distinct; {name!r} is given {times} times")
 
 
 def _image_dataset(
@@ -162,12 +217,7 @@ def _image_dataset(
         labels, test_labels = labels[train_idx], labels[test_idx]
     if len(images) < 2:
         raise UploadError(images_field, "need at least 2 training images")
-    seen_max = int(max(labels.max(), test_labels.max()))
-    num_classes = len(class_names) if class_names else seen_max + 1
-    if class_names and seen_max >= num_classes:
-        raise UploadError(labels_field, f"label {seen_max} has no class name ({num_classes} given)")
-    if num_classes < MIN_CLASSES:
-        raise UploadError(labels_field, f"need at least {MIN_CLASSES} classes, got {num_classes}")
+    num_classes = _class_count(labels, test_labels, class_names, labels_field)
     names = class_names or [str(i) for i in range(num_classes)]
     return ParsedDataset(
         kind="image",
@@ -247,6 +297,7 @@ def parse_npz(raw: bytes, max_bytes: int) -> ParsedDataset:
         if raw_names.ndim != 1 or raw_names.dtype.kind not in "US":
             raise UploadError("file", "'class_names' must be a 1-D array of strings")
         names = [_clean_label(str(n)) or str(i) for i, n in enumerate(raw_names.tolist())]
+        _check_distinct(names, "file")
     return _image_dataset("npz", arrays["images"], arrays["labels"], test=test, class_names=names)
 
 
@@ -281,17 +332,17 @@ def parse_idx_pair(images_raw: bytes, labels_raw: bytes, max_bytes: int) -> Pars
 
 
 def _decode_member(data: bytes, side: int, name: str) -> np.ndarray:
+    """One image file as the predict path decodes an upload, resized to side x side.
+
+    The same decoder keeps training and serving pixels alike (16-bit scaled, transparency on
+    black, EXIF orientation applied) and keeps EPS, which runs Ghostscript, away from user bytes.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise UploadError("file", f"{name}: {width}x{height} pixels is too large")
-            gray = image.convert("L").resize((side, side), Image.Resampling.BILINEAR)
-            return np.asarray(gray, dtype=np.uint8)
-    except UploadError:
-        raise
-    except Exception as exc:  # Pillow raises many kinds for a broken file
-        raise UploadError("file", f"{name}: not a readable image ({exc})") from exc
+        gray = decode_image(data, name)
+    except InvalidInput as exc:
+        raise UploadError("file", f"{name}: {exc.reason}") from None
+    resized = Image.fromarray(gray).resize((side, side), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
 
 
 def _class_folder_depth(paths: list[list[str]]) -> int:
@@ -305,6 +356,88 @@ def _class_folder_depth(paths: list[list[str]]) -> int:
     return max(0, min(len(shared), deepest_shared))
 
 
+def _image_members(
+    archive: zipfile.ZipFile, max_bytes: int
+) -> list[tuple[zipfile.ZipInfo, list[str]]]:
+    """The archive's image files with their path split into folders, in archive order."""
+    members: list[tuple[zipfile.ZipInfo, list[str]]] = []
+    for info in _check_archive(archive, max_bytes, "file"):
+        # The member name is only ever split into strings: nothing is extracted, so a
+        # name like ../../etc/passwd can only become an (odd) class label, and is refused.
+        path = info.filename.replace("\\", "/")
+        parts = [p for p in path.split("/") if p]
+        if info.is_dir() or not parts or parts[0] == "__MACOSX" or parts[-1].startswith("."):
+            continue
+        if not parts[-1].lower().endswith(IMAGE_SUFFIXES):
+            continue
+        if ".." in parts or path.startswith("/"):
+            raise UploadError("file", f"refusing the archive member {path[:100]!r}")
+        if len(parts) < 2:
+            raise UploadError("file", f"{path[:100]!r}: images must be inside class folders")
+        members.append((info, parts))
+    return members
+
+
+def _folder_labels(folders: list[str]) -> tuple[np.ndarray, list[str]]:
+    """(label of each image, class names): label i is the i-th class name in sorted order."""
+    folder_of: dict[str, str] = {}  # class name -> the folder it comes from
+    for folder in dict.fromkeys(folders):
+        name = _clean_label(folder)
+        if folder_of.setdefault(name, folder) != folder:  # e.g. folders alike for 100 characters
+            raise UploadError(
+                "file",
+                f"class folders {folder_of[name][:100]!r} and {folder[:100]!r} would both be "
+                f"named {name!r}; class names must be distinct",
+            )
+    if len(folder_of) < MIN_CLASSES:
+        raise UploadError(
+            "file", f"need at least {MIN_CLASSES} class folders with images, found {len(folder_of)}"
+        )
+    if len(folder_of) > MAX_CLASSES:
+        raise UploadError("file", f"at most {MAX_CLASSES} class folders")
+    names = sorted(folder_of)
+    label_of = {folder_of[name]: i for i, name in enumerate(names)}
+    return np.array([label_of[f] for f in folders], dtype=np.int64), names
+
+
+def _check_decoded_size(count: int, side: int, max_bytes: int) -> None:
+    """Refuse, before decoding, images that would take more memory than an archive may unpack to.
+
+    The zip's own size bounds nothing here: a 1x1 PNG of 70 bytes resized to 512 x 512 takes
+    256 KiB, so 3,000 copies in a 0.5 MB zip would take 0.8 GB, 200,000 would take 52 GB.
+    """
+    decoded, limit = count * side * side, DECOMPRESSED_FACTOR * max_bytes
+    if decoded > limit:
+        raise UploadError(
+            "image_side",
+            f"{count} images at {side}x{side} pixels take {decoded} bytes decoded, over the limit "
+            f"of {limit} bytes ({DECOMPRESSED_FACTOR} x the upload limit); at this side at most "
+            f"{limit // (side * side)} images fit: give a smaller image_side or fewer images",
+        )
+
+
+def _decode_into_split(
+    archive: zipfile.ZipFile,
+    members: list[tuple[zipfile.ZipInfo, list[str]]],
+    side: int,
+    split: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) images of the held-out split, each image decoded straight into its slot.
+
+    Stacking the images and then splitting them would hold every pixel three times over.
+    """
+    train_idx, test_idx = split
+    train = np.empty((len(train_idx), side, side), dtype=np.uint8)
+    test = np.empty((len(test_idx), side, side), dtype=np.uint8)
+    # Member i goes where held_out_split puts example i: a view into train or test.
+    slot_of = {int(i): train[k] for k, i in enumerate(train_idx)}
+    slot_of |= {int(i): test[k] for k, i in enumerate(test_idx)}
+    for i, (info, parts) in enumerate(members):
+        data = _read_member(archive, info, MAX_IMAGE_FILE_BYTES, "file")
+        slot_of[i][...] = _decode_member(data, side, "/".join(parts)[:100])
+    return train, test
+
+
 def parse_zip_folders(raw: bytes, max_bytes: int, image_side: int = 28) -> ParsedDataset:
     if not MIN_SIDE <= image_side <= MAX_SIDE:
         raise UploadError("image_side", f"must be {MIN_SIDE}..{MAX_SIDE}")
@@ -312,68 +445,56 @@ def parse_zip_folders(raw: bytes, max_bytes: int, image_side: int = 28) -> Parse
         archive = zipfile.ZipFile(io.BytesIO(raw))
     except zipfile.BadZipFile:
         raise UploadError("file", "not a zip archive") from None
-    by_class: dict[str, list[np.ndarray]] = {}
     with archive:
-        members: list[tuple[zipfile.ZipInfo, list[str]]] = []
-        for info in _check_archive(archive, max_bytes, "file"):
-            # The member name is only ever split into strings: nothing is extracted, so a
-            # name like ../../etc/passwd can only become an (odd) class label, and is refused.
-            path = info.filename.replace("\\", "/")
-            parts = [p for p in path.split("/") if p]
-            if info.is_dir() or not parts or parts[0] == "__MACOSX" or parts[-1].startswith("."):
-                continue
-            if not parts[-1].lower().endswith(IMAGE_SUFFIXES):
-                continue
-            if ".." in parts or path.startswith("/"):
-                raise UploadError("file", f"refusing the archive member {path[:100]!r}")
-            if len(parts) < 2:
-                raise UploadError("file", f"{path[:100]!r}: images must be inside class folders")
-            members.append((info, parts))
+        members = _image_members(archive, max_bytes)
         depth = _class_folder_depth([parts for _, parts in members])
-        for info, parts in members:
-            label = _clean_label(parts[depth])
-            data = _read_member(archive, info, MAX_IMAGE_FILE_BYTES, "file")
-            image = _decode_member(data, image_side, "/".join(parts)[:100])
-            by_class.setdefault(label, []).append(image)
-    if len(by_class) < MIN_CLASSES:
-        raise UploadError(
-            "file", f"need at least {MIN_CLASSES} class folders with images, found {len(by_class)}"
-        )
-    if len(by_class) > MAX_CLASSES:
-        raise UploadError("file", f"at most {MAX_CLASSES} class folders")
-    names = sorted(by_class)  # label i is the i-th folder name in sorted order
-    images = np.stack([img for name in names for img in by_class[name]])
-    labels = np.concatenate([np.full(len(by_class[name]), i) for i, name in enumerate(names)])
-    return _image_dataset("zip", images, labels, class_names=names)
+        labels, names = _folder_labels([parts[depth] for _, parts in members])
+        # Class by class (archive order within a class): the order the held-out split has
+        # always been drawn over, so re-uploading a zip gives the same test set as before.
+        order = np.argsort(labels, kind="stable")
+        members, labels = [members[i] for i in order], labels[order]
+        if len(members) < MIN_EXAMPLES:
+            raise UploadError("file", f"need at least {MIN_EXAMPLES} images, got {len(members)}")
+        _check_decoded_size(len(members), image_side, max_bytes)
+        train_idx, test_idx = held_out_split(len(members))
+        train, test = _decode_into_split(archive, members, image_side, (train_idx, test_idx))
+    return _image_dataset(
+        "zip", train, labels[train_idx], test=(test, labels[test_idx]), class_names=names
+    )
 
 
 def parse_csv(raw: bytes) -> ParsedDataset:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise UploadError("file", "a CSV must be UTF-8 text") from None
-    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
-    if rows and not _numeric(rows[0]):
+        raise UploadError("file", f"not UTF-8 text, so not a CSV; {WHAT_A_DATASET_IS}") from None
+    reader = csv.reader(io.StringIO(text))
+    # (line number, cells): messages point at the line an editor shows, header and blanks included
+    rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
+    if rows and not _numeric(rows[0][1]):
         rows = rows[1:]  # a header row
     if len(rows) < MIN_EXAMPLES:
         raise UploadError("file", f"need at least {MIN_EXAMPLES} data rows, got {len(rows)}")
-    width = len(rows[0])
+    width = len(rows[0][1])
     if not 2 <= width <= MAX_FEATURES + 1:
         raise UploadError(
             "file", f"need 2..{MAX_FEATURES + 1} columns (features, then the target), got {width}"
         )
     values = np.empty((len(rows), width), dtype=np.float64)
-    for i, row in enumerate(rows):
+    for i, (line, row) in enumerate(rows):
         if len(row) != width:
-            raise UploadError("file", f"row {i + 1} has {len(row)} columns, the first has {width}")
+            raise UploadError("file", f"line {line} has {len(row)} columns, the first has {width}")
         try:
-            values[i] = [float(c) for c in row]
+            values[i] = [_number(c) for c in row]
         except ValueError:
-            raise UploadError("file", f"row {i + 1} holds a value that is not a number") from None
-    if not np.isfinite(values).all():
-        raise UploadError("file", "the CSV holds NaN or infinite values")
+            raise UploadError("file", _not_a_number(row, line)) from None
+    # Checked after the cast to float32, the dtype stored and trained on: 1e39 is finite as a
+    # float64 but infinite as a float32, and would surface only as a diverged job.
+    with np.errstate(over="ignore"):  # an overflow to inf is what _check_finite reports
+        stored = values.astype(np.float32)
+    _check_finite(values, stored, [line for line, _ in rows])
     train_idx, test_idx = held_out_split(len(values))
-    x, y = values[:, :-1].astype(np.float32), values[:, -1].astype(np.float32)
+    x, y = stored[:, :-1], stored[:, -1]
     return ParsedDataset(
         kind="regression",
         format="csv",
@@ -391,10 +512,46 @@ def _numeric(row: list[str]) -> bool:
     """Whether every cell parses as a number (else the row is a header)."""
     try:
         for cell in row:
-            float(cell)
+            _number(cell)
     except ValueError:
         return False
     return True
+
+
+def _number(cell: str) -> float:
+    """A cell as a number, refusing what float() takes but no CSV writer means as a number:
+    digit-group underscores ('1_00' would be 100) and digits of other scripts ('١٢')."""
+    if "_" in cell or not cell.isascii():
+        raise ValueError(f"not a plain decimal number: {cell!r}")
+    return float(cell)
+
+
+def _not_a_number(row: list[str], line: int) -> str:
+    """Which cell of a row that failed to parse is not a number, and where."""
+    for column, cell in enumerate(row, start=1):
+        try:
+            _number(cell)
+        except ValueError:
+            hint = " (write numbers without '_')" if "_" in cell else ""
+            return f"line {line}, column {column}: {cell.strip()[:40]!r} is not a number{hint}"
+    return f"line {line} holds a value that is not a number"
+
+
+def _check_finite(values: np.ndarray, stored: np.ndarray, lines: list[int]) -> None:
+    """Refuse NaN, infinities, and numbers beyond float32's range, naming the first one."""
+    bad = np.argwhere(~np.isfinite(stored))
+    if not len(bad):
+        return
+    row, column = (int(k) for k in bad[0])
+    value = values[row, column]
+    where = f"line {lines[row]}, column {column + 1}"
+    if np.isfinite(value):
+        raise UploadError(
+            "file",
+            f"{where}: {value:g} is beyond the float32 range the data is stored in "
+            f"(magnitudes up to {float(np.finfo(np.float32).max):.4g})",
+        )
+    raise UploadError("file", f"{where} is {value}; NaN and infinite values are not allowed")
 
 
 def format_of(filename: str, raw: bytes) -> str:
@@ -404,7 +561,12 @@ def format_of(filename: str, raw: bytes) -> str:
     parsed as a CSV that then has too few rows.
     """
     suffix = filename.lower().rsplit(".", 1)[-1] if "." in filename else ""
-    return suffix if suffix in ("npz", "zip", "csv") else sniff_format(raw)
+    if suffix in ("npz", "zip", "csv"):
+        return suffix
+    if suffix == "npy" or raw.startswith(NPY_MAGIC):
+        # Else sniffed as a CSV and refused as "not UTF-8", which would not say what to send.
+        raise UploadError("file", f"a .npy array is not a dataset format; {WHAT_A_DATASET_IS}")
+    return sniff_format(raw)
 
 
 def sniff_format(raw: bytes) -> str:

@@ -24,6 +24,8 @@ from service.dataset_uploads import ParsedDataset
 from service.tables import StoredDataset
 from service.training.data import STORED_FILE, is_stored_id, stored_dataset_dir
 
+MAX_NAME_CHARS = 100  # a display name; POST /datasets refuses a longer one
+
 
 class DatasetNotFound(LookupError):
     pass
@@ -34,8 +36,8 @@ def datasets_dir(artifact_dir: Path) -> Path:
 
 
 def display_name(name: str | None, fallback: str) -> str:
-    """The user's label cut down to letters, digits and ' _.-()', at most 100 characters."""
-    cleaned = re.sub(r"[^\w .()-]+", "_", name or "").strip()[:100]
+    """The user's label cut down to letters, digits and ' _.-()', at most MAX_NAME_CHARS."""
+    cleaned = re.sub(r"[^\w .()-]+", "_", name or "").strip()[:MAX_NAME_CHARS]
     return cleaned or fallback
 
 

@@ -13,14 +13,13 @@ from starlette.requests import Request as StarletteRequest
 from service import dataset_uploads, datasets_store
 from service.api.bodies import read_limited
 from service.api.params import Limit, Offset
-from service.dataset_uploads import FORMATS, ParsedDataset, UploadError
+from service.dataset_uploads import FORMATS, MAX_SIDE, ParsedDataset, UploadError
 from service.db import SessionDep
 from service.errors import InvalidRequest, NotFound, UnsupportedMediaType
 from service.schemas import DatasetPublic, DatasetsPublic, ErrorResponse
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 DatasetId = Annotated[str, Path(max_length=32, description="Dataset id (ds_...)")]
-MAX_TEXT_FIELD_BYTES = 4096  # name, format, image_side
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "No dataset with that id"}}
 UPLOAD_BODY = {
     "requestBody": {
@@ -38,7 +37,11 @@ UPLOAD_BODY = {
                         },
                         "images": {"type": "string", "format": "binary", "description": "IDX"},
                         "labels": {"type": "string", "format": "binary", "description": "IDX"},
-                        "name": {"type": "string", "description": "a label for display"},
+                        "name": {
+                            "type": "string",
+                            "maxLength": datasets_store.MAX_NAME_CHARS,
+                            "description": "a label for display",
+                        },
                         "format": {"type": "string", "enum": list(FORMATS)},
                         "image_side": {
                             "type": "integer",
@@ -63,7 +66,10 @@ async def _form_fields(
 
     buffered = StarletteRequest(request.scope, replay)
     try:
-        form = await buffered.form(max_files=2, max_fields=8, max_part_size=MAX_TEXT_FIELD_BYTES)
+        # No text-part cap below the body's own: the body is in memory already, within
+        # TRAINSERVE_MAX_DATASET_BYTES, and a smaller cap would blame "body" for a long name
+        # rather than let the field's own check name it.
+        form = await buffered.form(max_files=2, max_fields=8, max_part_size=len(body) + 1)
     except StarletteHTTPException as exc:
         reason = f"malformed multipart body ({exc.detail})"
         raise InvalidRequest.for_fields([("body", reason)]) from exc
@@ -87,6 +93,25 @@ async def _form_fields(
     if unknown:
         raise InvalidRequest.for_fields([(k, "unknown field") for k in unknown])
     return files, texts, filenames
+
+
+def _check_name(texts: dict[str, str]) -> None:
+    """A display name is shown as given (cleaned): refused when too long rather than cut."""
+    name = texts.get("name")
+    if name is not None and len(name) > datasets_store.MAX_NAME_CHARS:
+        reason = f"at most {datasets_store.MAX_NAME_CHARS} characters, got {len(name)}"
+        raise InvalidRequest.for_fields([("name", reason)])
+
+
+def _image_side(text: str) -> int:
+    """The form's image_side as a number. ASCII digits only: str.isdigit() also passes '²',
+    which int() then refuses with a ValueError (a 500)."""
+    if not (text.isascii() and text.isdigit()):
+        raise UploadError("image_side", "must be a whole number of pixels")
+    digits = text.lstrip("0") or "0"
+    # More digits than MAX_SIDE has is out of range (parse_zip_folders says so); int() itself
+    # would raise on a string of over 4,300 digits.
+    return int(digits) if len(digits) <= len(str(MAX_SIDE)) else MAX_SIDE + 1
 
 
 def _parse(
@@ -115,10 +140,8 @@ def _parse(
     if fmt == "npz":
         return dataset_uploads.parse_npz(raw, max_bytes)
     if fmt == "zip":
-        side_text = texts.get("image_side", "28")
-        if not side_text.isdigit():
-            raise UploadError("image_side", "must be a whole number of pixels")
-        return dataset_uploads.parse_zip_folders(raw, max_bytes, int(side_text))
+        side = _image_side(texts.get("image_side", "28"))
+        return dataset_uploads.parse_zip_folders(raw, max_bytes, side)
     return dataset_uploads.parse_csv(raw)
 
 
@@ -143,6 +166,7 @@ async def upload_dataset(request: Request, session: SessionDep) -> DatasetPublic
         )
     body = await read_limited(request, settings.max_dataset_bytes)
     files, texts, filenames = await _form_fields(request, body)
+    _check_name(texts)
     try:
         parsed = await run_in_threadpool(
             _parse, files, texts, filenames, settings.max_dataset_bytes

@@ -56,6 +56,15 @@ def zip_upload() -> bytes:
     return buffer.getvalue()
 
 
+def tiny_png_zip(n: int) -> bytes:
+    """n copies of a 1x1 PNG in two class folders: small zipped, large once resized."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for i in range(n):
+            archive.writestr(f"{'ab'[i % 2]}/{i}.png", png_bytes(np.zeros((1, 1))))
+    return buffer.getvalue()
+
+
 def csv_upload() -> bytes:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(200, 3))
@@ -143,6 +152,22 @@ def test_bad_uploads(sqlite_url: str, start_server) -> None:
     ]
     for parts, field in bad:
         assert field_of(client.post("/datasets", **parts), 422) == field
+
+    # Each names its field and says why: never a 500, never the multipart parser's "body".
+    tiny_pngs = tiny_png_zip(12)  # 1 KB; 12 x 512 x 512 bytes decoded is over 4 x 100,000
+    npy = io.BytesIO()
+    np.save(npy, np.zeros((20, 8, 8), np.uint8))
+    explained = [
+        ({"file": ("d.zip", tiny_pngs)}, {"image_side": "²"}, "image_side", "whole number"),
+        ({"file": ("d.zip", tiny_pngs)}, {"image_side": "512"}, "image_side", "3145728 bytes"),
+        ({"file": ("d.csv", csv_upload())}, {"name": "n" * 101}, "name", "got 101"),
+        ({"file": ("d.csv", csv_upload())}, {"name": "n" * 5000}, "name", "got 5000"),
+        ({"file": ("plain.npy", npy.getvalue())}, {}, "file", "not a dataset format"),
+    ]
+    for files, data, field, reason in explained:
+        response = client.post("/datasets", files=files, data=data)
+        assert field_of(response, 422) == field
+        assert reason in response.json()["error"]["fields"][0]["reason"], response.text
     assert client.get("/datasets").json()["count"] == 0
     assert not (server.state_dir / "artifacts" / "datasets").exists() or not any(
         (server.state_dir / "artifacts" / "datasets").iterdir()

@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import struct
 import zipfile
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import EpsImagePlugin, Image
 
+from service import dataset_uploads
+from service.api.datasets import _check_name, _parse
 from service.dataset_uploads import (
     UploadError,
     format_of,
+    held_out_split,
     parse_csv,
     parse_idx_pair,
     parse_npz,
     parse_zip_folders,
     sniff_format,
 )
+from service.errors import InvalidRequest
+from service.inference.errors import InvalidInput
+from service.inference.images import decode_image
 
 LIMIT = 10 * 1024 * 1024
 
@@ -155,8 +162,8 @@ def test_zip_refusals() -> None:
     refused(
         "file", "class folders", parse_zip_folders, zip_bytes({**ok, "loose.png": png(1)}), LIMIT
     )
-    refused("file", "not a readable image", parse_zip_folders,
-            zip_bytes({**ok, "c0/broken.png": b"not a png"}), LIMIT)  # fmt: skip
+    refused("file", r"c0/broken.png: not an image Pillow can read \(unrecognised format\)$",
+            parse_zip_folders, zip_bytes({**ok, "c0/broken.png": b"not a png"}), LIMIT)  # fmt: skip
     refused("file", "at least 2 class", parse_zip_folders,
             zip_bytes({f"only/{i}.png": png(i) for i in range(12)}), LIMIT)  # fmt: skip
     bomb = zip_bytes({"c0/a.png": png(1), "c1/zeros.png": b"\0" * (2 * 1024 * 1024)})
@@ -173,10 +180,12 @@ def test_csv_for_regression() -> None:
     assert parsed.arrays["train_x"].dtype == np.float32
     headerless = parse_csv("\n".join(rows[1:]).encode())
     assert headerless.train_examples == 16
-    refused("file", "not a number", parse_csv, ("\n".join(rows) + "\n1,abc,3").encode())
-    refused("file", "columns", parse_csv, ("\n".join(rows) + "\n1,2").encode())
+    refused("file", "line 22, column 2: 'abc' is not a number", parse_csv,
+            ("\n".join(rows) + "\n1,abc,3").encode())  # fmt: skip
+    refused("file", "line 22 has 2 columns", parse_csv, ("\n".join(rows) + "\n1,2").encode())
     refused("file", "at least 10", parse_csv, b"1,2\n3,4\n")
-    refused("file", "NaN", parse_csv, ("\n".join(rows) + "\n1,nan,3").encode())
+    refused("file", "line 22, column 2 is nan; NaN", parse_csv,
+            ("\n".join(rows) + "\n1,nan,3").encode())  # fmt: skip
     refused("file", "UTF-8", parse_csv, b"\xff\xfe\x00bad")
 
 
@@ -197,3 +206,184 @@ def test_a_file_name_s_extension_names_the_format() -> None:
     # Without a known extension, the bytes decide.
     assert format_of("upload", zip_bytes({"a/b.png": png(1)})) == "zip"
     assert format_of("data.txt", b"1,2,3\n") == "csv"
+
+
+# ------------------------------------------------- zip: decoded size, decoding as predict does
+
+
+def image_file(image: Image.Image, **save: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **save)
+    return buffer.getvalue()
+
+
+def zip_of(data: bytes, per_class: int = 6) -> bytes:
+    """Two class folders holding `per_class` copies of one image file each."""
+    return zip_bytes({f"c{k}/{i}.png": data for k in range(2) for i in range(per_class)})
+
+
+def every_image(parsed) -> np.ndarray:
+    return np.concatenate([parsed.arrays["train_images"], parsed.arrays["test_images"]])
+
+
+def test_zip_decoded_size_is_bounded_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """12 1x1 PNGs are under 1 KB zipped; at 64 px a side they decode to 49,152 bytes."""
+    tiny = zip_of(png(1, size=(1, 1)))
+    max_bytes = 10_000  # archives and decoded images may reach 4x: 40,000 bytes
+    assert parse_zip_folders(tiny, max_bytes, image_side=56).train_examples == 10  # 37,632 B
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("decoded before the size check")
+
+    monkeypatch.setattr(dataset_uploads, "decode_image", no_decoding)
+    refused(
+        "image_side",
+        r"12 images at 64x64 pixels take 49152 bytes decoded, over the limit of 40000 bytes"
+        r".*at most 9 images",
+        parse_zip_folders, tiny, max_bytes, 64,
+    )  # fmt: skip
+
+
+def test_zip_split_is_the_held_out_split_of_the_images_in_class_order() -> None:
+    """Images decoded straight into train/test slots land where stack-then-split put them."""
+    members = {f"{name}/{i}.png": png(10 * i + k, size=(8, 8))
+               for i in range(7) for k, name in enumerate(["b", "a"])}  # fmt: skip
+    parsed = parse_zip_folders(zip_bytes(members), LIMIT, image_side=8)
+    in_class_order = np.array([10 * i + 1 for i in range(7)] + [10 * i for i in range(7)])
+    train_idx, test_idx = held_out_split(14)
+    assert parsed.arrays["train_images"][:, 0, 0].tolist() == in_class_order[train_idx].tolist()
+    assert parsed.arrays["test_images"][:, 0, 0].tolist() == in_class_order[test_idx].tolist()
+    labels = np.array([0] * 7 + [1] * 7)
+    assert parsed.arrays["train_labels"].tolist() == labels[train_idx].tolist()
+
+
+SIXTEEN_BIT = image_file(Image.fromarray(np.full((16, 16), 128 * 257, dtype=np.uint16)))
+HALF_TRANSPARENT = image_file(Image.new("RGBA", (16, 16), (200, 200, 200, 128)))
+
+
+@pytest.mark.parametrize(
+    ("data", "pixel"),
+    [(SIXTEEN_BIT, 128), (HALF_TRANSPARENT, 100)],  # not 255 (saturated), not 200 (alpha dropped)
+    ids=["16-bit", "rgba"],
+)
+def test_zip_members_decode_as_on_the_predict_path(data: bytes, pixel: int) -> None:
+    parsed = parse_zip_folders(zip_of(data), LIMIT, image_side=16)  # the images' own side
+    predicted = decode_image(data, "files[0]")
+    assert (every_image(parsed) == predicted).all() and int(predicted[0, 0]) == pixel
+
+
+def test_zip_members_are_turned_upright_by_their_exif_orientation() -> None:
+    """Stored 16 wide x 8 high with its left half white; orientation 6 rotates it clockwise,
+    so upright it is 8 x 16 with its top half white."""
+    pixels = np.zeros((8, 16), dtype=np.uint8)
+    pixels[:, :8] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    parsed = parse_zip_folders(zip_of(image_file(Image.fromarray(pixels), exif=exif)), LIMIT, 16)
+    image = every_image(parsed)[0]
+    assert image[:6].min() == 255 and image[10:].max() == 0
+
+
+def test_zip_never_hands_eps_to_ghostscript(monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[bool] = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(True))
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nshowpage\n"
+    archive = zip_bytes({**{f"c{k}/{i}.png": png(i) for k in range(2) for i in range(6)},
+                         "c0/evil.png": eps})  # fmt: skip
+    with pytest.raises(InvalidInput) as on_predict:
+        decode_image(eps, "files[0]")
+    refused("file", f"^file: c0/evil.png: {re.escape(on_predict.value.reason)}$",
+            parse_zip_folders, archive, LIMIT)  # fmt: skip
+    assert not opened
+
+
+def test_zip_folders_named_alike_after_cleaning_are_refused() -> None:
+    members = {f"{name}/{i}.png": png(i) for name in ("a\x01", "a\x02") for i in range(6)}
+    refused("file", "would both be named 'a_'", parse_zip_folders, zip_bytes(members), LIMIT)
+
+
+# ---------------------------------------------------------------- labels and class names
+
+
+def test_labels_must_cover_every_class() -> None:
+    images = np.zeros((20, 8, 8), dtype=np.uint8)
+    ones = np.ones(20, dtype=np.int64)  # a "2-class" set with no example of class 0
+    refused("file", "no example of label 0 .C = 2", parse_npz,
+            npz_bytes(images=images, labels=ones), LIMIT)  # fmt: skip
+    names = np.array(["cat", "dog", "bird"])
+    refused("file", r"no example of class 'bird' \(label 2\)", parse_npz,
+            npz_bytes(images=images, labels=np.arange(20) % 2, class_names=names), LIMIT)  # fmt: skip
+    gappy = np.arange(20) % 4 * 2  # 0, 2, 4, 6
+    refused("file", "no example of label 1, label 3, label 5", parse_npz,
+            npz_bytes(images=images, labels=gappy), LIMIT)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("labels", "shown"),
+    [(np.full(20, 1e20), "100000000000000000000"), (np.full(20, 2**63, np.uint64), str(2**63))],
+    ids=["float", "uint64"],
+)
+def test_out_of_range_labels_are_reported_as_given(labels: np.ndarray, shown: str) -> None:
+    images = np.zeros((20, 8, 8), dtype=np.uint8)
+    refused(
+        "file", f"got label {shown}$", parse_npz, npz_bytes(images=images, labels=labels), LIMIT
+    )
+
+
+def test_class_names_must_be_distinct() -> None:
+    images, labels = np.zeros((20, 8, 8), dtype=np.uint8), np.arange(20) % 3
+    refused("file", "'a' is given 3 times", parse_npz,
+            npz_bytes(images=images, labels=labels, class_names=np.array(["a"] * 3)), LIMIT)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ CSV, .npy
+
+
+def csv_rows(last: str) -> bytes:
+    return "\n".join(["x,y"] + [f"{i},{2 * i}" for i in range(20)] + [last]).encode()
+
+
+@pytest.mark.parametrize("last", ["1,1e39", "-1e39,1"])
+def test_csv_values_beyond_float32_are_refused(last: str) -> None:
+    column = 2 if last == "1,1e39" else 1
+    refused("file", f"line 22, column {column}: -?1e\\+39 is beyond the float32 range",
+            parse_csv, csv_rows(last))  # fmt: skip
+    assert np.isfinite(parse_csv(csv_rows("1,3e38")).arrays["train_y"]).all()  # within range
+
+
+@pytest.mark.parametrize("cell", ["1_00", "١٢"])  # float() reads 100 and 12
+def test_csv_numbers_are_plain_ascii_decimals(cell: str) -> None:
+    refused(
+        "file", f"line 22, column 1: '{cell}' is not a number", parse_csv, csv_rows(f"{cell},1")
+    )
+
+
+@pytest.mark.parametrize("name", ["plain.npy", "upload"])
+def test_a_npy_is_not_taken_for_a_csv(name: str) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((20, 8, 8), dtype=np.uint8))
+    refused("file", r"a \.npy array is not a dataset format; a dataset is an \.npz",
+            format_of, name, buffer.getvalue())  # fmt: skip
+
+
+# --------------------------------------------------------------------- the form's text fields
+
+
+@pytest.mark.parametrize("side", ["²", "٣", "2.5", "-8", " 28"])
+def test_image_side_must_be_ascii_digits(side: str) -> None:
+    texts = {"image_side": side}
+    refused("image_side", "whole number", _parse, {"file": b"PK"}, texts, {"file": "x.zip"}, LIMIT)
+
+
+def test_image_side_with_thousands_of_digits_is_out_of_range_not_a_crash() -> None:
+    files, names = {"file": zip_of(png(1))}, {"file": "x.zip"}
+    refused("image_side", "4..512", _parse, files, {"image_side": "9" * 5000}, names, LIMIT)
+    parsed = _parse(files, {"image_side": "0" * 5000 + "12"}, names, LIMIT)
+    assert parsed.input_shape == [12, 12]
+
+
+def test_a_name_over_100_characters_is_refused_naming_it() -> None:
+    _check_name({"name": "n" * 100})
+    with pytest.raises(InvalidRequest) as info:
+        _check_name({"name": "n" * 101})
+    assert "name: at most 100 characters, got 101" in str(info.value)
