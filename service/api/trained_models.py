@@ -6,18 +6,17 @@ import json
 import secrets
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import torch
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import QueryParams, UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from service import queue
-from service.api.bodies import read_limited
-from service.api.params import Limit, ModelId, Offset
+from service.api.bodies import read_form_limited, read_limited, refuse_declared_oversize
+from service.api.params import Limit, ModelId, Offset, decimal_int
 from service.db import SessionDep
 from service.errors import (
     ApiError,
@@ -29,14 +28,13 @@ from service.errors import (
 )
 from service.inference import (
     MAX_MC_PASSES,
+    Inputs,
     InvalidInput,
     LoadedModel,
     ModelNotAvailable,
     QueueFull,
     Serving,
-    decode_image,
     decode_npy,
-    is_npy,
     parse_instances,
 )
 from service.inference.export import export_model
@@ -185,14 +183,16 @@ async def loaded_model(serving: Serving, model_id: int) -> LoadedModel:
         raise Conflict(f"model {model_id} cannot be loaded: {exc}") from exc
 
 
-async def _images_from_files(request: Request, max_instances: int) -> list[np.ndarray]:
+async def _uploaded_files(request: Request, max_instances: int) -> list[tuple[str | None, bytes]]:
+    """The (file name, bytes) of each multipart ``files`` part; the body is held to
+    TRAINSERVE_MAX_UPLOAD_BYTES as a whole, chunked or not."""
     max_bytes = request.app.state.settings.max_upload_bytes
     try:
-        form = await request.form(
-            max_files=max_instances, max_fields=max_instances, max_part_size=max_bytes
+        form = await read_form_limited(
+            request, max_bytes, max_files=max_instances, max_fields=max_instances
         )
-    except StarletteHTTPException as exc:  # starlette reports multipart limits as a 400
-        detail = str(exc.detail)
+    except MultiPartException as exc:
+        detail = exc.message
         if "Too many files" in detail:
             reason = f"at most {max_instances} images per request ({detail})"
             raise InvalidRequest.for_fields([("files", reason)]) from exc
@@ -210,27 +210,32 @@ async def _images_from_files(request: Request, max_instances: int) -> list[np.nd
         if others:  # mc_dropout and seed go in the query string with multipart
             reason = "unknown field: images go in 'files', mc_dropout and seed in the query"
             raise InvalidRequest.for_fields([(k, reason) for k in others])
-        contents = [(u.filename, await u.read()) for u in uploads]
+        return [(u.filename, await u.read()) for u in uploads]
     finally:
         await form.close()
-    images: list[np.ndarray] = []
-    for i, (filename, data) in enumerate(contents):
-        field = f"files[{i}]"
-        if is_npy(data, filename):  # a .npy array: one image or a stack of them
-            images.extend(decode_npy(data, field, max_images=max_instances))
-        else:
-            images.append(decode_image(data, field))
-        if len(images) > max_instances:
-            reason = f"at most {max_instances} images per request, got more"
-            raise InvalidRequest.for_fields([("files", reason)])
-    return images
+
+
+PREDICT_QUERY = ("mc_dropout", "seed", "batching")
+
+
+def _refuse_unknown_query(query: QueryParams) -> None:
+    """A misspelt (?mc_droput=20) or repeated (?mc_dropout=2&mc_dropout=3) parameter must
+    not quietly give another prediction than the one asked for."""
+    names = [name for name, _ in query.multi_items()]
+    known = ", ".join(PREDICT_QUERY)
+    problems = [(n, f"unknown query parameter (known: {known})")
+                for n in sorted(set(names) - set(PREDICT_QUERY))]  # fmt: skip
+    problems += [(n, "given more than once in the query")
+                 for n in PREDICT_QUERY if names.count(n) > 1]  # fmt: skip
+    if problems:
+        raise InvalidRequest.for_fields(problems)
 
 
 def _query_int(query: QueryParams, name: str, low: int, high: int) -> int | None:
     raw = query.get(name)
     if raw is None:
         return None
-    value = int(raw) if raw.strip().lstrip("-").isdigit() else None
+    value = decimal_int(raw)
     if value is None or not low <= value <= high:
         reason = f"must be an integer from {low} to {high}, got {raw!r}"
         raise InvalidRequest.for_fields([(name, reason)])
@@ -302,22 +307,22 @@ async def predict(model_id: ModelId, request: Request) -> JSONResponse:
     serving: Serving = request.app.state.serving
     # Query parameters by hand: FastAPI's per-parameter machinery costs more than the forward.
     query = request.query_params
+    _refuse_unknown_query(query)
     mc_dropout = _query_int(query, "mc_dropout", 1, MAX_MC_PASSES)
     seed = _query_int(query, "seed", 0, SEED_MAX)
     batching = _query_bool(query, "batching")
     await ensure_succeeded(request, model_id)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > settings.max_upload_bytes:
-        raise PayloadTooLarge(
-            f"the body is {declared} bytes; the limit is {settings.max_upload_bytes} bytes"
-        )
+    refuse_declared_oversize(request, settings.max_upload_bytes)
     loaded = await loaded_model(serving, model_id)
 
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     max_instances = settings.max_predict_instances
+    images: Inputs
     try:
         if content_type == "multipart/form-data":
-            images = await _images_from_files(request, max_instances)
+            uploads = await _uploaded_files(request, max_instances)
+            # Decoded off the event loop, each file brought to the model's input at once.
+            images = await serving.decode_uploads(loaded, uploads, max_images=max_instances)
         elif content_type in ("application/json", ""):
             body = await read_limited(request, settings.max_upload_bytes)
             try:
@@ -343,7 +348,7 @@ async def predict(model_id: ModelId, request: Request) -> JSONResponse:
         raise InvalidRequest.for_fields([(exc.field, exc.reason)]) from exc
 
     if mc_dropout is not None:
-        return await _predict_mc(loaded, images, mc_dropout, seed)
+        return await _predict_mc(serving, loaded, images, mc_dropout, seed)
     if seed is not None:  # dropout off: there is nothing to seed, and silence would mislead
         raise InvalidRequest.for_fields([("seed", "only with mc_dropout (plain predictions "
                                           "are deterministic)")])  # fmt: skip
@@ -365,7 +370,7 @@ def _predictions(loaded: LoadedModel, probabilities: torch.Tensor) -> list[dict[
 
 
 async def _predict_mc(
-    loaded: LoadedModel, images: list[np.ndarray], passes: int, seed: int | None
+    serving: Serving, loaded: LoadedModel, images: Inputs, passes: int, seed: int | None
 ) -> JSONResponse:
     if not loaded.has_active_dropout:
         reason = (
@@ -375,8 +380,10 @@ async def _predict_mc(
         raise InvalidRequest.for_fields([("mc_dropout", reason)])
     if seed is None:
         seed = secrets.randbelow(SEED_MAX + 1)
-    batch = await run_in_threadpool(loaded.prepare, images)
-    mean, std = await run_in_threadpool(loaded.mc_dropout, batch, passes, seed)
+    try:
+        mean, std = await serving.mc_dropout(loaded, images, passes, seed)
+    except QueueFull as exc:
+        raise Overloaded(str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
     predictions = _predictions(loaded, mean)
     for prediction, row in zip(predictions, std.tolist(), strict=True):
         prediction["std"] = row

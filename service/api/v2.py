@@ -22,10 +22,11 @@ from fastapi.routing import APIRoute
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.bodies import read_limited
+from service.api.bodies import read_limited, refuse_declared_oversize
+from service.api.params import decimal_int
 from service.api.trained_models import ensure_succeeded, servable_model
 from service.artifacts import read_description
-from service.errors import ApiError, Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from service.errors import ApiError, Conflict, InvalidRequest, NotFound
 from service.inference import (
     MAX_MC_PASSES,
     BatchStats,
@@ -75,11 +76,12 @@ router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], route_cl
 
 
 def _model_id(name: str, version: str | None) -> int:
-    if not name.isdigit() or not 1 <= int(name) <= ID_MAX:
+    job_id = decimal_int(name) if name.isdigit() else None  # no sign, no spaces
+    if job_id is None or not 1 <= job_id <= ID_MAX:
         raise NotFound(f"unknown model {name!r}: model names are the ids of succeeded jobs")
     if version is not None and version != VERSION:
         raise NotFound(f"model {name!r} has no version {version!r} (only {VERSION!r})")
-    return int(name)
+    return job_id
 
 
 @router.get("")
@@ -179,7 +181,11 @@ def _parse_parameters(parameters: object) -> tuple[int | None, int | None]:
         if value is not None and (type(value) is not int or not low <= value <= high):
             raise _bad(f"parameters.{key}: must be an integer from {low} to {high}")
         values.append(value)
-    return values[0], values[1]
+    mc_dropout, seed = values
+    if seed is not None and mc_dropout is None:  # dropout off: nothing to seed, as in v1
+        raise _bad("parameters.seed: only with parameters.mc_dropout (plain inference is "
+                   "deterministic)")  # fmt: skip
+    return mc_dropout, seed
 
 
 def _wants_binary(parameters: object) -> bool:
@@ -203,11 +209,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> JSON
     loaded = await servable_model(request, job_id)
     if request.headers.get("inference-header-content-length") is not None:
         raise _bad(BINARY_UNSUPPORTED)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > settings.max_upload_bytes:
-        raise PayloadTooLarge(
-            f"the body is {declared} bytes; the limit is {settings.max_upload_bytes} bytes"
-        )
+    refuse_declared_oversize(request, settings.max_upload_bytes)
     body = await read_limited(request, settings.max_upload_bytes)
     try:
         payload = json.loads(body)
@@ -256,8 +258,10 @@ async def infer(request: Request, name: str, version: str | None = None) -> JSON
         if not loaded.has_active_dropout:
             raise _bad(f"parameters.mc_dropout: model {name} has no active dropout layer")
         seed = secrets.randbelow(ID_MAX + 1) if seed is None else seed
-        batch = await run_in_threadpool(loaded.prepare_pixels, pixels)
-        mean, std = await run_in_threadpool(loaded.mc_dropout, batch, mc_dropout, seed)
+        try:
+            mean, std = await serving.mc_dropout(loaded, pixels, mc_dropout, seed)
+        except QueueFull as exc:
+            return oip_error(503, str(exc), {"Retry-After": str(exc.retry_after)})
         results = {OUTPUT_NAME: mean, STD_OUTPUT: std}
     response: dict[str, Any] = {"model_name": name, "model_version": VERSION}
     if "id" in payload:

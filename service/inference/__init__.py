@@ -11,7 +11,7 @@ from service.inference.cache import ModelCache
 from service.inference.errors import InvalidInput, ModelNotAvailable
 from service.inference.images import MAX_SIDE, decode_image
 from service.inference.instances import parse_instances
-from service.inference.predictor import MAX_MC_PASSES, LoadedModel, Prediction
+from service.inference.predictor import MAX_MC_PASSES, Inputs, LoadedModel, Prediction
 from service.inference.serving import Serving
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "MAX_SIDE",
     "Batcher",
     "BatchStats",
+    "Inputs",
     "InvalidInput",
     "LoadedModel",
     "ModelCache",

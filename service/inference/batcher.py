@@ -6,7 +6,8 @@ thread so the event loop keeps serving HTTP meanwhile. It waits up to ``max_dela
 for more images only while the model is busy (it has just run a batch and requests are still
 coming); a request that finds the model idle runs at once. The queue is bounded in images
 (waiting and running): past the bound ``submit`` raises ``QueueFull`` at once instead of
-letting latency grow without limit.
+letting latency grow without limit. Work run apart from the batches (``run_alone``,
+``run_apart``) goes on the same thread and counts against the same bound.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 # The inputs of the requests in a batch, in order -> one output row per image, in order.
 Run = Callable[[Sequence[Any]], torch.Tensor]
@@ -140,24 +143,42 @@ class Batcher:
     async def run_alone(self, inputs: Any, size: int | None = None) -> torch.Tensor:
         """Outputs for ``inputs`` in a forward of their own (batching off), same queue bound."""
         n = len(inputs) if size is None else int(size)
-        self._admit(n)
-        self._queued += n
-        try:
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self.executor, self._timed_run, [inputs], n)
-            self.stats.record(n, 1)
-            return outputs
-        finally:
-            self._queued -= n
+        outputs = await self._in_thread(n, self._timed_run, [inputs], n)
+        self.stats.record(n, 1)
+        return outputs
+
+    async def run_apart(self, work: Callable[[], T], cost: int) -> T:
+        """``work()`` on the forward thread, outside any batch, counting as ``cost`` images
+        against the queue bound: heavy one-offs (MC dropout's K passes over N images) wait
+        their turn or get ``QueueFull`` like any request, instead of running beside it."""
+        return await self._in_thread(cost, self._timed, work, cost)
+
+    async def _in_thread(self, cost: int, fn: Callable[..., T], *args: Any) -> T:
+        self._admit(cost)
+        self._queued += cost
+        future = asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+        def release(done: asyncio.Future[T]) -> None:
+            self._queued -= cost
+            if not done.cancelled():
+                done.exception()  # retrieved: a client that went away leaves no warning
+
+        # The images stay queued until the thread is done, even if the client goes first.
+        future.add_done_callback(release)
+        return await asyncio.shield(future)
 
     def _timed_run(self, inputs: list[Any], size: int) -> torch.Tensor:
-        start = time.perf_counter()
-        outputs = self.run(inputs)
+        outputs = self._timed(lambda: self.run(inputs), size)
         if len(outputs) != size:
             raise RuntimeError(f"the model gave {len(outputs)} outputs for {size} inputs")
-        per_image = (time.perf_counter() - start) / max(1, size)
-        self._seconds_per_image = 0.9 * self._seconds_per_image + 0.1 * per_image
         return outputs
+
+    def _timed(self, work: Callable[[], T], images: int) -> T:
+        start = time.perf_counter()
+        result = work()
+        per_image = (time.perf_counter() - start) / max(1, images)
+        self._seconds_per_image = 0.9 * self._seconds_per_image + 0.1 * per_image
+        return result
 
     def _take(self, batch: list[_Pending], size: int) -> int:
         """Move waiting requests into ``batch`` while they fit; returns the new image count."""

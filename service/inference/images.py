@@ -7,6 +7,9 @@ preprocessing shared with training.
 
 Fashion-MNIST shows a light object on a black background, so transparent pixels are
 composited onto black. Animated images give their first frame; EXIF orientation is applied.
+16-bit samples (16-bit PNG, TIFF, PGM/PPM with a maxval over 255) are scaled from 0-65535
+onto 0-255. A 32-bit integer image has no standard white, so its values are read as 0-255
+pixel values, as in a .npy array, and any value outside that range is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from service.inference.errors import InvalidInput
 
 MAX_SIDE = 4096  # pixels per side; also bounds the pixel count at 16.7 Mpx
 MAX_PIXELS = MAX_SIDE * MAX_SIDE
+# Decoded pixels per request, all files together: bounds the CPU time of one request that a
+# few KB of compressed PNGs can ask for (16.7 Mpx each). About 8 s of decoding on one core.
+MAX_REQUEST_PIXELS = 16 * MAX_PIXELS
 
 # EPS is decoded by spawning Ghostscript: never hand it untrusted bytes.
 _EXCLUDED_FORMATS = frozenset({"EPS"})
@@ -31,7 +37,30 @@ def _allowed_formats() -> list[str]:
     return [f for f in Image.ID if f not in _EXCLUDED_FORMATS]
 
 
-def _to_gray(im: Image.Image) -> np.ndarray:
+def over_request_budget(field: str, shape: str) -> InvalidInput:
+    """The error for an upload that would take its request past MAX_REQUEST_PIXELS."""
+    full = MAX_REQUEST_PIXELS // MAX_PIXELS
+    return InvalidInput(
+        field,
+        f"{shape} pixels would take the request past {MAX_REQUEST_PIXELS} decoded pixels in "
+        f"all (that is {full} images of {MAX_SIDE}×{MAX_SIDE}); send the rest in another request",
+    )
+
+
+def _holds_16bit_samples(im: Image.Image) -> bool:
+    """Whether a mode "I" (32-bit) image was stored with 16-bit samples; read before load(),
+    while the tiles still name the stored raw mode."""
+    if im.format == "PPM":  # PGM and PPM alike: Pillow scales a maxval over 255 onto 0-65535
+        return True
+    for tile in im.tile:
+        args = tile.args
+        rawmode = args if isinstance(args, str) else (args or ("",))[0]
+        if isinstance(rawmode, str) and rawmode.startswith("I;16"):
+            return True
+    return False
+
+
+def _to_gray(im: Image.Image, field: str, *, sixteen_bit: bool) -> np.ndarray:
     """Any Pillow mode -> uint8 (H, W), alpha composited onto black."""
     mode = im.mode
     if mode == "P":
@@ -41,10 +70,12 @@ def _to_gray(im: Image.Image) -> np.ndarray:
     elif mode == "PA":
         im = im.convert("RGBA")
         mode = im.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16-bit grayscale (PNG/TIFF): scale 0-65535 onto 0-255.
+    if mode.startswith("I;16") or (mode == "I" and sixteen_bit):
+        # 16-bit grayscale: scale 0-65535 onto 0-255.
         wide = np.asarray(im).astype(np.float64)
         return np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+    if mode == "I":
+        return _pixel_values_of_32bit(np.asarray(im), field)
     if mode == "F":
         return np.clip(np.rint(np.asarray(im, dtype=np.float64)), 0, 255).astype(np.uint8)
     if mode in ("RGBA", "LA", "RGBa", "La"):
@@ -61,8 +92,9 @@ def _to_gray(im: Image.Image) -> np.ndarray:
     return np.array(im, dtype=np.uint8)
 
 
-def decode_image(data: bytes, field: str) -> np.ndarray:
-    """Decode one uploaded file; raise InvalidInput(field, ...) when it is not a usable image."""
+def decode_image(data: bytes, field: str, *, pixels_left: int | None = None) -> np.ndarray:
+    """Decode one uploaded file; raise InvalidInput(field, ...) when it is not a usable image
+    or holds more than ``pixels_left`` pixels (what its request's budget has left)."""
     if not data:
         raise InvalidInput(field, "not an image Pillow can read (the file is empty)")
     try:
@@ -81,16 +113,30 @@ def decode_image(data: bytes, field: str) -> np.ndarray:
                 field,
                 f"image too large: {width}×{height} pixels, at most {MAX_SIDE}×{MAX_SIDE}",
             )
+        if pixels_left is not None and width * height > pixels_left:
+            raise over_request_budget(field, f"{width}×{height}")
         try:
             im.seek(0)  # animated images: the first frame
+            sixteen_bit = _holds_16bit_samples(im)
             im.load()
             with contextlib.suppress(Exception):  # broken EXIF: keep the pixels as stored
                 im = ImageOps.exif_transpose(im)
-            return _to_gray(im)
+            return _to_gray(im, field, sixteen_bit=sixteen_bit)
         except InvalidInput:
             raise
         except Exception as exc:  # truncated or corrupt pixel data
             raise InvalidInput(field, f"not an image Pillow can read ({_describe(exc)})") from None
+
+
+def _pixel_values_of_32bit(values: np.ndarray, field: str) -> np.ndarray:
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 255:
+        raise InvalidInput(
+            field,
+            f"a 32-bit integer image must hold pixel values 0–255, got {low} to {high} "
+            "(save it with 8- or 16-bit samples instead)",
+        )
+    return values.astype(np.uint8)
 
 
 def _describe(exc: BaseException) -> str:

@@ -13,6 +13,10 @@ import torch
 import models
 from service.artifacts import ModelDescription
 
+# One request's images: pixel values 0-255 as (H, W) arrays or one (N, H, W) array, or a
+# tensor already brought to the model's input (N, 1, side, side) by ``prepare``.
+Inputs = Sequence[np.ndarray] | np.ndarray | torch.Tensor
+
 DEFAULT_BATCH_SIZE = 64  # images per forward pass; bounds memory for the large-input networks
 MAX_MC_PASSES = 100
 
@@ -128,10 +132,29 @@ class LoadedModel:
             )
         return torch.softmax(logits.double(), dim=1)
 
-    def batch_probabilities(self, requests: Sequence[Sequence[np.ndarray]]) -> torch.Tensor:
-        """Probabilities for the images of several requests at once (the batcher's ``run``);
-        each request is a list of (H, W) images or an (N, H, W) array."""
-        return self.probabilities(self.prepare([image for r in requests for image in r]))
+    def model_input(self, requests: Sequence[Inputs]) -> torch.Tensor:
+        """The inputs of several requests as one model input (N, 1, side, side), in order.
+
+        Pixel images of consecutive requests are converted together (one ``prepare``); a
+        tensor is a request already prepared (uploaded files are, as they are decoded).
+        """
+        parts: list[torch.Tensor] = []
+        pixels: list[np.ndarray] = []
+        for inputs in requests:
+            if isinstance(inputs, torch.Tensor):
+                if pixels:
+                    parts.append(self.prepare(pixels))
+                    pixels = []
+                parts.append(inputs)
+            else:
+                pixels.extend(inputs)
+        if pixels or not parts:
+            parts.append(self.prepare(pixels))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def batch_probabilities(self, requests: Sequence[Inputs]) -> torch.Tensor:
+        """Probabilities for the images of several requests at once (the batcher's ``run``)."""
+        return self.probabilities(self.model_input(requests))
 
     def logits(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Raw network outputs (N, num_classes) for gray images of any size, values 0-255."""

@@ -1,18 +1,23 @@
-"""The serving side of the API process: the model cache, one batcher per loaded model, and
-the thread that runs forward passes off the event loop."""
+"""The serving side of the API process: the model cache, one batcher per loaded model, the
+thread that runs forward passes off the event loop, and the threads that decode uploads."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import torch
 
 from service.inference.batcher import Batcher
 from service.inference.cache import ModelCache
-from service.inference.predictor import LoadedModel
+from service.inference.predictor import Inputs, LoadedModel
+from service.inference.uploads import Upload, uploads_to_model_input
+
+# Threads decoding uploaded files, for all requests together: each holds at most one
+# full-size image (up to ~0.2 GB while it is converted), so this bounds decoding memory.
+DECODE_THREADS = 2
 
 
 class Serving:
@@ -42,6 +47,7 @@ class Serving:
         # One thread runs forwards: torch parallelises inside an operation, and on a GPU the
         # kernels queue up anyway. Heavier one-offs (MC dropout, export) use other threads.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self.decode_executor = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
         self.succeeded: set[int] = set()  # job ids seen succeeded: a succeeded job never changes
         self._batchers: dict[int, tuple[LoadedModel, Batcher]] = {}
 
@@ -64,21 +70,46 @@ class Serving:
         self._batchers[loaded.job_id] = (loaded, batcher)
         return batcher
 
+    async def decode_uploads(
+        self, loaded: LoadedModel, uploads: Sequence[Upload], *, max_images: int
+    ) -> torch.Tensor:
+        """Uploaded files -> the model's input (N, 1, side, side), decoded off the event loop.
+
+        Raises ``InvalidInput`` naming ``files[i]``."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.decode_executor,
+            lambda: uploads_to_model_input(loaded, uploads, max_images=max_images),
+        )
+
     async def probabilities(
         self,
         loaded: LoadedModel,
-        images: Sequence[np.ndarray],
+        images: Inputs,
         *,
         batching: bool | None = None,
     ) -> torch.Tensor:
         """Softmax probabilities (N, classes), float64, of N gray images (a list of (H, W)
-        arrays or one (N, H, W) array, values 0-255), dropout off.
+        arrays or one (N, H, W) array, values 0-255, or a prepared tensor), dropout off.
 
         Raises ``QueueFull`` when the model's queue is at its bound."""
         batcher = self.batcher(loaded)
         if self.batching if batching is None else batching:
             return await batcher.submit(images)
         return await batcher.run_alone(images)
+
+    async def mc_dropout(
+        self, loaded: LoadedModel, images: Inputs, passes: int, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of ``passes`` MC dropout passes (``LoadedModel.mc_dropout``), on the
+        forward thread; the request counts as passes × N images against the model's queue.
+
+        Raises ``QueueFull`` when that does not fit."""
+
+        def work() -> tuple[torch.Tensor, torch.Tensor]:
+            return loaded.mc_dropout(loaded.model_input([images]), passes, seed)
+
+        return await self.batcher(loaded).run_apart(work, cost=passes * len(images))
 
     def stats(self) -> dict[str, object]:
         return {
@@ -97,3 +128,4 @@ class Serving:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.decode_executor.shutdown(wait=False, cancel_futures=True)

@@ -176,8 +176,34 @@ def test_oversized_body_is_413(tmp_path: Path, start_server) -> None:
         "/jobs", json={"model": "softmax", "dataset": "synthetic", "epochs": 1}
     ).json()
     wait_for_status(client, job["id"], {"succeeded"})
+    url = f"/models/{job['id']}/predict"
     big = {"instances": as_instances(np.full((2, 28, 28), 200))}
-    assert_error(client.post(f"/models/{job['id']}/predict", json=big), 413)
+    assert_error(client.post(url, json=big), 413)
+    # Multipart with no Content-Length (chunked): the whole body is held to the limit, not
+    # each part. Three ~450-byte PNGs pass any per-part bound and go over 1000 bytes together.
+    noise = np.random.default_rng(0).integers(0, 256, (3, 20, 20), dtype=np.uint8)
+    parts = [(f"{k}.png", png_bytes(image)) for k, image in enumerate(noise)]
+    assert all(len(data) < 1000 for _, data in parts)
+    body, content_type = _multipart(parts)
+    assert len(body) > 1000
+    for send in (lambda: iter([body]), lambda: body):  # chunked, then with a Content-Length
+        response = client.post(url, content=send(), headers={"content-type": content_type})
+        assert_error(response, 413)
+    small, content_type = _multipart([("z.png", png_bytes(np.zeros((4, 4), np.uint8)))])
+    ok = client.post(url, content=iter([small]), headers={"content-type": content_type})
+    assert ok.status_code == 200, ok.text
+
+
+def _multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = "trainserve-test-boundary"
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for name, data in files
+    )
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def test_idempotency_key_reused_for_another_body_is_422(client: httpx.Client) -> None:

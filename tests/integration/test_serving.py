@@ -148,6 +148,53 @@ def test_mc_dropout_errors(client: httpx.Client, models: dict[str, int]) -> None
     assert same.status_code == 200 and same.json()["predictions"][0]["mc_dropout"] == 3
 
 
+def test_query_parameters_are_checked_like_body_keys(
+    client: httpx.Client, models: dict[str, int]
+) -> None:
+    """Unicode digits, misspelt and repeated parameters: a 422 naming the parameter."""
+    lenet = f"/models/{models['lenet']}/predict"
+    instances = {"instances": as_instances(_images(1))}
+    files = {"files": ("x.png", png_bytes(_images(1)[0]), "image/png")}
+    cases = [
+        ("mc_dropout=%C2%B2", "mc_dropout"),  # '²': isdigit() but not int()
+        ("mc_dropout=%D9%A3", "mc_dropout"),  # Arabic-Indic 3: not taken as 3
+        ("mc_dropout=2&seed=%C2%B2", "seed"),
+        ("mc_droput=20", "mc_droput"),
+        ("mc_dropout=2&mc_dropout=3", "mc_dropout"),
+        ("batching=false&batching=false", "batching"),
+    ]
+    for query, field in cases:
+        _assert_v1_error(client.post(f"{lenet}?{query}", json=instances), 422, field)
+        _assert_v1_error(client.post(f"{lenet}?{query}", files=files), 422, field)
+    ok = client.post(f"{lenet}?mc_dropout=2&seed=1&batching=false", files=files)
+    assert ok.status_code == 200 and ok.json()["seed"] == 1
+
+
+def test_mc_dropout_is_held_to_the_queue_bound(server: LiveServer, models: dict[str, int]) -> None:
+    """64 images × 100 passes = 6400 image passes, over the 1024-image queue: one at a time."""
+    url = f"{server.url}/models/{models['lenet']}/predict?mc_dropout=100&seed=1"
+    body = {"instances": as_instances(_images(64))}
+
+    async def flood() -> tuple[list[httpx.Response], float]:
+        async with httpx.AsyncClient(timeout=120) as ac:
+            requests = [ac.post(url, json=body) for _ in range(4)]
+            responses = asyncio.gather(*requests)
+            await asyncio.sleep(0.2)
+            start = time.perf_counter()
+            await ac.get(f"{server.url}/health")
+            health = time.perf_counter() - start
+            return await responses, health
+
+    responses, health = asyncio.run(flood())
+    statuses = [r.status_code for r in responses]
+    assert 200 in statuses and 503 in statuses and set(statuses) <= {200, 503}, statuses
+    for r in responses:
+        if r.status_code == 503:
+            assert int(r.headers["retry-after"]) >= 1
+            assert r.json()["error"]["code"] == "overloaded"
+    assert health < 2.0  # the MC passes run on the forward thread, not beside the event loop
+
+
 # ---- batching ----------------------------------------------------------------------------------
 
 
@@ -321,6 +368,14 @@ def test_v2_errors_and_health(client: httpx.Client, models: dict[str, int]) -> N
         return body["error"]
 
     error(client.get("/v2/models/999999"), 404)
+    for name in ("%C2%B2", "%D9%A3", "-1", "%201"):  # '²' and '٣' are isdigit(), not ids
+        error(client.get(f"/v2/models/{name}"), 404)
+        error(client.get(f"/v2/models/{name}/ready"), 404)
+        error(client.post(f"/v2/models/{name}/infer", json={"inputs": [good]}), 404)
+    # A seed with nothing to seed is refused, as in v1 (400: the protocol's bad request).
+    seed_only = client.post(f"/v2/models/{model}/infer",
+                            json={"inputs": [good], "parameters": {"seed": 1}})  # fmt: skip
+    assert "seed" in error(seed_only, 400)
     error(client.get("/v2/models/999999/stats"), 404)
     error(client.get("/v2/models/abc/ready"), 404)
     error(client.post("/v2/models/999999/infer", json={"inputs": [good]}), 404)

@@ -1,0 +1,48 @@
+"""Uploaded files (images or .npy arrays) -> the model's input, one file at a time.
+
+An image file may be small compressed and huge decoded (a blank 4096×4096 PNG is 16 KB
+and 16.7 Mpx), so each file is brought to the model's input side (``LoadedModel.
+prepare_pixels``, the preprocessing shared with training) as soon as it is decoded: a
+request never holds more than one full-size image at a time, however many it uploads.
+The files of one request may hold at most ``MAX_REQUEST_PIXELS`` pixels in all, checked from
+each image's header before it is decoded. Runs in a thread: decoding is CPU work the event
+loop must not wait on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from service.inference.arrays import decode_npy, is_npy
+from service.inference.errors import InvalidInput
+from service.inference.images import MAX_REQUEST_PIXELS, decode_image, over_request_budget
+from service.inference.predictor import LoadedModel
+
+# An upload: its file name (None when the client gave none) and its bytes.
+Upload = tuple[str | None, bytes]
+
+
+def uploads_to_model_input(
+    loaded: LoadedModel, uploads: Sequence[Upload], *, max_images: int
+) -> torch.Tensor:
+    """float32 (N, 1, side, side) for the images of ``uploads``, in order; InvalidInput names
+    ``files[i]`` (or ``files`` for too many images)."""
+    prepared: list[torch.Tensor] = []
+    count, pixels_left = 0, MAX_REQUEST_PIXELS
+    for i, (filename, data) in enumerate(uploads):
+        field = f"files[{i}]"
+        if is_npy(data, filename):  # a .npy array: one image or a stack of them
+            pixels = decode_npy(data, field, max_images=max_images)
+            if pixels.size > pixels_left:
+                raise over_request_budget(field, "×".join(map(str, pixels.shape)))
+        else:
+            pixels = decode_image(data, field, pixels_left=pixels_left)[None]  # (1, H, W)
+        pixels_left -= pixels.size
+        count += len(pixels)
+        if count > max_images:
+            raise InvalidInput("files", f"at most {max_images} images per request, got more")
+        prepared.append(loaded.prepare_pixels(pixels))
+        del pixels  # the full-size pixels go before the next file is decoded
+    return torch.cat(prepared)

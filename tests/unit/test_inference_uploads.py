@@ -1,0 +1,247 @@
+"""Uploaded files on the predict path: decoded off the event loop, one full-size image at a
+time, within a per-request pixel budget; integer TIFFs read by their bit depth; MC dropout
+held to the model's queue bound."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from service.api.params import decimal_int
+from service.inference import (
+    Batcher,
+    InvalidInput,
+    ModelCache,
+    QueueFull,
+    Serving,
+    decode_image,
+    uploads,
+)
+from service.inference.images import MAX_PIXELS
+from tests.unit.saved_models import save_model
+
+CLASSES = [f"class {k}" for k in range(10)]
+FULL_SIZE = 4096
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> ModelCache:
+    root: Path = tmp_path_factory.mktemp("artifacts")
+    save_model(root, 1, "softmax", CLASSES)
+    save_model(root, 2, "lenet", CLASSES, dropout=0.5)
+    return ModelCache(root)
+
+
+@pytest.fixture(scope="module")
+def blank_full_size_png() -> bytes:
+    """16 KB compressed, 16.7 Mpx decoded: the probe's memory bomb."""
+    return _encode(Image.new("L", (FULL_SIZE, FULL_SIZE)), "PNG")
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _pixels(n: int, side: int = 28, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, side, side), dtype=np.uint8)
+
+
+# ---- decoding: bit depth of integer images ---------------------------------------------------
+
+
+def test_32bit_integer_tiff_holds_pixel_values() -> None:
+    pixels = _pixels(1)[0]
+    tiff = _encode(Image.fromarray(pixels.astype(np.int32)), "TIFF")
+    assert Image.open(io.BytesIO(tiff)).mode == "I"
+    np.testing.assert_array_equal(decode_image(tiff, "files[0]"), pixels)  # not / 257
+    compressed = _encode(Image.fromarray(pixels.astype(np.int32)), "TIFF",
+                         compression="tiff_adobe_deflate")  # fmt: skip
+    np.testing.assert_array_equal(decode_image(compressed, "files[0]"), pixels)
+
+
+def test_32bit_integer_tiff_outside_0_255_is_refused() -> None:
+    wide = (_pixels(1)[0].astype(np.int32)) * 257
+    with pytest.raises(InvalidInput) as info:
+        decode_image(_encode(Image.fromarray(wide), "TIFF"), "files[2]")
+    assert info.value.field == "files[2]" and "0 to 65535" in info.value.reason
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "PPM"])
+def test_16bit_files_are_still_scaled_by_257(fmt: str) -> None:
+    pixels = _pixels(1)[0]
+    data = _encode(Image.fromarray(pixels.astype(np.uint16) * 257), fmt)
+    np.testing.assert_array_equal(decode_image(data, "f"), pixels)
+
+
+def test_pgm_with_a_maxval_over_255_is_scaled_to_its_maxval() -> None:
+    pgm = b"P5 2 1 1000\n" + np.array([0, 1000], ">u2").tobytes()
+    np.testing.assert_array_equal(decode_image(pgm, "f"), [[0, 255]])
+
+
+# ---- uploads to the model's input ----------------------------------------------------------
+
+
+def test_uploads_give_exactly_the_batched_preprocessing(cache: ModelCache) -> None:
+    """Preparing each file as it is decoded changes no number: resizing is per image."""
+    loaded = cache.get(2)
+    small, odd = _pixels(3), _pixels(2, side=40, seed=1)
+    files = [("a.png", _encode(Image.fromarray(small[0]), "PNG")),
+             ("b.npy", _npy(small[1:])),
+             ("c.png", _encode(Image.fromarray(odd[0]), "PNG")),
+             (None, _encode(Image.fromarray(odd[1]), "PNG"))]  # fmt: skip
+    got = uploads.uploads_to_model_input(loaded, files, max_images=256)
+    expected = loaded.prepare([*small, *odd])
+    assert got.shape == (5, 1, 28, 28) and torch.equal(got, expected)
+
+
+def test_a_request_holds_one_full_size_image_at_a_time(
+    cache: ModelCache, blank_full_size_png: bytes
+) -> None:
+    files = [(f"{k}.png", blank_full_size_png) for k in range(4)]
+    tracemalloc.start()
+    try:
+        got = uploads.uploads_to_model_input(cache.get(1), files, max_images=256)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got.shape == (4, 1, 28, 28) and float(got.abs().max()) == 0.0
+    # Decoding keeps ~2 copies of one image (16.7 MB each); holding all four would be 67 MB+.
+    assert peak < 3 * MAX_PIXELS, f"peak {peak / 1e6:.0f} MB of numpy arrays"
+
+
+def test_request_pixel_budget_names_the_file(
+    cache: ModelCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    budget = 3 * 64 * 64
+    monkeypatch.setattr(uploads, "MAX_REQUEST_PIXELS", budget)
+    monkeypatch.setattr("service.inference.images.MAX_REQUEST_PIXELS", budget)
+    png = _encode(Image.fromarray(_pixels(1, side=64)[0]), "PNG")
+    assert len(uploads.uploads_to_model_input(cache.get(1), [(None, png)] * 3, max_images=9)) == 3
+    with pytest.raises(InvalidInput) as info:
+        uploads.uploads_to_model_input(cache.get(1), [(None, png)] * 4, max_images=9)
+    assert info.value.field == "files[3]" and str(budget) in info.value.reason
+    with pytest.raises(InvalidInput) as info:
+        uploads.uploads_to_model_input(
+            cache.get(1), [(None, png), ("x.npy", _npy(_pixels(3, side=64)))], max_images=9
+        )
+    assert info.value.field == "files[1]"
+
+
+def test_decoding_leaves_the_event_loop_free(cache: ModelCache, blank_full_size_png: bytes) -> None:
+    serving = Serving(cache)
+    files = [(None, blank_full_size_png)] * 4
+
+    async def scenario() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        lags: list[float] = []
+
+        async def tick() -> None:
+            while True:
+                start = loop.time()
+                await asyncio.sleep(0.01)
+                lags.append(loop.time() - start - 0.01)
+
+        ticker = asyncio.create_task(tick())
+        start = loop.time()
+        await serving.decode_uploads(cache.get(1), files, max_images=256)
+        took = loop.time() - start
+        ticker.cancel()
+        return took, max(lags)
+
+    try:
+        took, worst_lag = asyncio.run(scenario())
+    finally:
+        serving.close()
+    assert worst_lag < max(0.3, took / 3), (took, worst_lag)
+
+
+def test_model_input_keeps_request_order_across_prepared_and_pixel_inputs(
+    cache: ModelCache,
+) -> None:
+    loaded = cache.get(1)
+    a, b, c = _pixels(2, seed=1), _pixels(1, seed=2), _pixels(3, seed=3)
+    mixed = loaded.model_input([list(a), loaded.prepare_pixels(b), c])
+    assert torch.equal(mixed, loaded.prepare([*a, *b, *c]))
+
+
+# ---- MC dropout and the queue bound ----------------------------------------------------------
+
+
+def test_run_apart_counts_its_cost_against_the_queue() -> None:
+    gate = threading.Event()
+    batcher = Batcher(lambda inputs: torch.cat(inputs), max_queue=100)
+    threads: list[str] = []
+
+    def heavy() -> str:
+        threads.append(threading.current_thread().name)
+        gate.wait(5)
+        return "done"
+
+    async def scenario() -> None:
+        running = asyncio.create_task(batcher.run_apart(heavy, cost=80))
+        await asyncio.sleep(0.05)
+        assert batcher.queued == 80
+        with pytest.raises(QueueFull) as info:
+            await batcher.submit(torch.ones(30, 1))  # 80 + 30 > 100
+        assert info.value.queued == 80 and info.value.retry_after >= 1
+        with pytest.raises(QueueFull):
+            await batcher.run_apart(lambda: "more", cost=30)
+        gate.set()
+        assert await running == "done"
+        assert batcher.queued == 0
+        assert await batcher.run_apart(lambda: "alone", cost=500) == "alone"  # empty queue
+
+    asyncio.run(scenario())
+    assert batcher.stats.rejected == 2
+    assert threads and threads[0] != threading.main_thread().name
+
+
+def test_mc_dropout_requests_get_queue_full_when_over_the_bound(cache: ModelCache) -> None:
+    serving = Serving(cache, max_queue=1000)
+    loaded = cache.get(2)
+    images = list(_pixels(8))
+
+    async def scenario() -> list[object]:
+        # 8 images × 100 passes = 800 image passes each: a second one does not fit beside it.
+        return await asyncio.gather(
+            *(serving.mc_dropout(loaded, images, 100, seed=0) for _ in range(3)),
+            return_exceptions=True,
+        )
+
+    try:
+        outcomes = asyncio.run(scenario())
+    finally:
+        serving.close()
+    full = [o for o in outcomes if isinstance(o, QueueFull)]
+    done = [o for o in outcomes if isinstance(o, tuple)]
+    assert len(done) == 1 and len(full) == 2, outcomes
+    mean, std = done[0]
+    assert mean.shape == std.shape == (8, 10)
+
+
+# ---- query integers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("5", 5), (" 12 ", 12), ("-3", -3), ("²", None), ("٣", None), ("1_0", None),
+     ("+4", None), ("", None), ("0x10", None)],
+)  # fmt: skip
+def test_decimal_int_takes_ascii_digits_only(raw: str, value: int | None) -> None:
+    assert decimal_int(raw) == value
