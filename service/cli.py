@@ -9,7 +9,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.config import SettingError, Settings, check_inference_device, get_settings
+from service.config import (
+    SettingError,
+    Settings,
+    check_device,
+    check_inference_device,
+    get_settings,
+)
 from service.db import check_database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,9 +41,9 @@ def _serve(args: argparse.Namespace) -> int:
     from service.worker import WorkerPool, default_worker_devices
 
     overrides = {"host": args.host, "port": args.port, "workers": args.workers}
-    settings = get_settings().model_copy(
-        update={k: v for k, v in overrides.items() if v is not None}
-    )
+    # Built anew rather than model_copy(update=...), which would skip validation: --port 99999
+    # must stop here as TRAINSERVE_PORT=99999 does, not listen on 99999 mod 65536.
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     check_inference_device(settings.inference_device)  # before migrating and starting workers
     migrate(settings)
     pool = WorkerPool(settings, default_worker_devices(settings.workers, settings.slots_per_gpu))
@@ -59,11 +65,14 @@ def _worker(args: argparse.Namespace) -> int:
     from service.worker import Worker
 
     settings = get_settings()
+    device = args.device.strip().lower() if args.device else _default_device()
+    # Before anything else: a worker on a device it cannot use would claim jobs and fail them.
+    check_device(device, "--device")
     if args.migrate:
         migrate(settings)
     else:
         _check_schema(settings)
-    worker = Worker(settings, device=args.device or _default_device(), name=args.name)
+    worker = Worker(settings, device=device, name=args.name)
     worker.install_signal_handlers()
     if args.parent_pid:
         worker.exit_with_parent(args.parent_pid)

@@ -10,6 +10,8 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STATE_DIR = Path("var")
+DAY_SECONDS = 86_400
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 
 
 class Settings(BaseSettings):
@@ -37,16 +39,19 @@ class Settings(BaseSettings):
     # a typo stops `trainserve` at start instead of failing jobs.
     cpu_bf16: str = "auto"
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=0, le=65535)  # 0: any free port
 
-    poll_seconds: float = Field(default=0.5, gt=0)  # how often an idle worker looks for a job
-    heartbeat_seconds: float = Field(default=5.0, gt=0)  # lease renewal interval
-    lease_seconds: float = Field(default=30.0, gt=0)  # a job whose lease lapses is requeued
+    # Finite and at most a day: an infinite interval overflows the timestamps built from it.
+    poll_seconds: float = Field(default=0.5, gt=0, le=DAY_SECONDS)  # idle worker looks for a job
+    heartbeat_seconds: float = Field(default=5.0, gt=0, le=DAY_SECONDS)  # lease renewal interval
+    # a job whose lease lapses is requeued
+    lease_seconds: float = Field(default=30.0, gt=0, le=DAY_SECONDS)
     cancel_check_seconds: float = Field(
-        default=1.0, gt=0
+        default=1.0, gt=0, le=DAY_SECONDS
     )  # how often a running job looks at its cancel flag
     max_attempts: int = Field(default=3, ge=1)  # runs of one job before it is failed
-    retry_backoff_seconds: float = Field(default=5.0, ge=0)  # x attempts, before a retry
+    # x attempts, before a retry
+    retry_backoff_seconds: float = Field(default=5.0, ge=0, le=DAY_SECONDS)
 
     max_predict_instances: int = Field(default=256, ge=1)  # images per predict request
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)  # predict request body
@@ -78,7 +83,7 @@ class Settings(BaseSettings):
     @classmethod
     def _device_name(cls, value: str) -> str:
         value = value.strip().lower()
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+        if not DEVICE_PATTERN.fullmatch(value):
             raise ValueError(f"must be cpu, cuda or cuda:N, not {value!r}")
         return value
 
@@ -105,8 +110,11 @@ class SettingError(ValueError):
     """A setting that is well formed but cannot work on this machine (the CLI prints it)."""
 
 
-def check_inference_device(device: str) -> None:
-    """Raise SettingError unless torch can run forward passes on ``device`` here."""
+def check_device(device: str, source: str) -> None:
+    """Raise SettingError unless torch can run on ``device`` here; ``source`` names where the
+    value came from (a variable or an option) in the message."""
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise SettingError(f"{source}={device}: must be cpu, cuda or cuda:N")
     if not device.startswith("cuda"):
         return
     import torch
@@ -115,9 +123,14 @@ def check_inference_device(device: str) -> None:
     index = int(device.partition(":")[2] or 0)
     if index >= count:
         raise SettingError(
-            f"TRAINSERVE_INFERENCE_DEVICE={device}, but torch sees {count} CUDA device(s) "
+            f"{source}={device}, but torch sees {count} CUDA device(s) "
             "here; use cpu" + (f" or cuda:0..cuda:{count - 1}" if count else "")
         )
+
+
+def check_inference_device(device: str) -> None:
+    """Raise SettingError unless torch can run forward passes on ``device`` here."""
+    check_device(device, "TRAINSERVE_INFERENCE_DEVICE")
 
 
 @lru_cache

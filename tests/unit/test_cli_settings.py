@@ -28,6 +28,9 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         ("TRAINSERVE_SLOTS_PER_GPU", "0", "TRAINSERVE_SLOTS_PER_GPU: Input should be greater"),
         ("TRAINSERVE_CPU_BF16", "maybe", "must be auto, 1 or 0, not 'maybe'"),
         ("TRAINSERVE_LEASE_SECONDS", "5", "longer than TRAINSERVE_HEARTBEAT_SECONDS (5)"),
+        ("TRAINSERVE_LEASE_SECONDS", "inf", "less than or equal to 86400"),  # overflowed later
+        ("TRAINSERVE_POLL_SECONDS", "1e300", "less than or equal to 86400"),
+        ("TRAINSERVE_PORT", "99999", "less than or equal to 65535"),  # not 99999 mod 65536
         ("TRAINSERVE_DATABASE_URL", "notaurl", "Could not parse SQLAlchemy URL"),
         ("TRAINSERVE_DATABASE_URL", "mysql://x@y/z", "runs on sqlite or postgresql"),
         (
@@ -57,6 +60,28 @@ def test_a_cuda_inference_device_without_cuda_stops_serve(
     assert "TRAINSERVE_INFERENCE_DEVICE=cuda, but torch sees 0 CUDA device(s)" in (
         capsys.readouterr().err
     )
+    assert not (fresh_settings / "trainserve.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("device", "reason"),
+    [
+        ("bogus", "--device=bogus: must be cpu, cuda or cuda:N"),
+        ("cuda:99", "--device=cuda:99, but torch sees"),
+    ],
+)
+def test_a_worker_on_a_device_it_cannot_use_does_not_start(
+    device: str, reason: str, fresh_settings: Path, capsys
+) -> None:
+    """Else it would claim jobs from the shared queue and fail every one of them."""
+    assert main(["worker", "--device", device]) == 2
+    assert reason in capsys.readouterr().err
+    assert not (fresh_settings / "trainserve.db").exists()
+
+
+def test_serve_options_are_validated_like_the_variables(fresh_settings: Path, capsys) -> None:
+    assert main(["serve", "--port", "99999"]) == 2
+    assert "TRAINSERVE_PORT" in capsys.readouterr().err
     assert not (fresh_settings / "trainserve.db").exists()
 
 
