@@ -79,7 +79,10 @@ def error_body(
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
-    # ("body", "dropout") -> "dropout"; ("query", "limit") -> "limit"; ("body",) -> "body"
+    # ("body", "dropout") -> "dropout"; ("query", "limit") -> "limit"; ("body",) -> "body";
+    # ("header", "idempotency-key") -> "Idempotency-Key", as the README and clients write it
+    if len(loc) == 2 and loc[0] == "header":
+        return "-".join(word.capitalize() for word in str(loc[1]).split("-"))
     parts = (
         [str(p) for p in loc[1:]]
         if len(loc) > 1 and loc[0] in ("body", "query", "path", "header")

@@ -36,7 +36,7 @@ def submit_job(
     body: JobCreate,
     request: Request,
     session: SessionDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JobPublic:
     """Queue a job (train, lr_find or kfold); a worker picks it up by priority, then age."""
     config, problems = body.resolve(datasets_store.stored_kind(session, body.dataset))

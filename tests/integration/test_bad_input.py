@@ -220,6 +220,9 @@ def test_idempotency_key_reused_for_another_body_is_422(client: httpx.Client) ->
         assert str(first.json()["id"]) in error["message"]
     assert client.get("/jobs").json()["count"] == before
     client.post(f"/jobs/{first.json()['id']}/cancel")
+    # An empty key is no key to share between clients: refused, not stored.
+    empty = client.post("/jobs", json=body, headers={"Idempotency-Key": ""})
+    assert assert_error(empty, 422)["fields"][0]["field"] == "Idempotency-Key"
 
 
 def test_job_and_sweep_bodies_must_be_json(client: httpx.Client) -> None:
