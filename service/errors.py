@@ -130,6 +130,8 @@ UNPARSED_BODY = "There was an error parsing the body"
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     if exc.status_code == 400 and exc.detail == UNPARSED_BODY:
         cause = exc.__cause__
+        if isinstance(cause, ApiError):  # raised while the body was read (its size limit)
+            return await _api_error(request, cause)
         reason = f"the body is not valid JSON ({cause})" if cause else "the body is not valid JSON"
         return await _api_error(request, InvalidRequest.for_fields([("body", reason)]))
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")

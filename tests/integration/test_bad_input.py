@@ -238,3 +238,22 @@ def test_job_and_sweep_bodies_must_be_json(client: httpx.Client) -> None:
     job = client.post("/jobs", content=body, headers={"content-type": "application/json"})
     assert job.status_code == 201, job.text
     client.post(f"/jobs/{job.json()['id']}/cancel")
+
+
+def test_oversized_job_and_sweep_bodies_are_413(client: httpx.Client) -> None:
+    before = client.get("/jobs").json()["count"]
+    big = b'{"model": "lenet", "name": "' + b"a" * (2 * 1024 * 1024) + b'"}'
+
+    def chunked():  # no Content-Length: the limit must hold while the body streams in
+        for start in range(0, len(big), 65536):
+            yield big[start : start + 65536]
+
+    json_type = {"content-type": "application/json"}
+    for path in ("/jobs", "/sweeps"):
+        assert (
+            "limit"
+            in assert_error(client.post(path, content=big, headers=json_type), 413)["message"]
+        )
+        assert_error(client.post(path, content=chunked(), headers=json_type), 413)
+    assert client.get("/jobs").json()["count"] == before
+    assert client.get("/health").status_code == 200

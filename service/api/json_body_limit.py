@@ -1,0 +1,70 @@
+"""A size limit for the JSON bodies FastAPI parses itself (POST /jobs, POST /sweeps).
+
+The upload endpoints read their bodies with ``bodies.read_limited``; these two let FastAPI
+read the whole body before any of our code runs, so the limit must sit in front of the app.
+A job or a sweep is a few hundred bytes: without a limit, one 150 MB body cost the API
+process ~440 MB while it was parsed, and a few at once could take it down.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import PayloadTooLarge, error_body
+
+MAX_JSON_BODY_BYTES = 1024 * 1024
+LIMITED_PATHS = frozenset({"/jobs", "/sweeps"})
+
+
+class JsonBodyLimit:
+    """413 for a POST to ``LIMITED_PATHS`` whose body passes ``limit`` bytes, chunked or not."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_JSON_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"].rstrip("/") not in LIMITED_PATHS
+        ):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and len(declared) < 19 and int(declared) > self.limit:
+            await self._refuse(send, f"the body is {int(declared)} bytes")
+            return
+        size = 0
+
+        async def limited_receive() -> Message:
+            nonlocal size
+            message = await receive()
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > self.limit:
+                    # Raised inside FastAPI's body read; errors.py answers it as itself.
+                    raise PayloadTooLarge(self._reason("the body is over it"))
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _reason(self, what: str) -> str:
+        return f"{what}; the limit for a job or sweep is {self.limit} bytes"
+
+    async def _refuse(self, send: Send, what: str) -> None:
+        body = json.dumps(error_body(413, PayloadTooLarge.code, self._reason(what), [])).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
