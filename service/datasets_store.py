@@ -13,6 +13,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,12 +82,20 @@ def get_dataset(session: Session, dataset_id: str) -> StoredDataset:
     return row
 
 
-def stored_kind(session: Session, dataset: str) -> str | None:
-    """The kind (image | regression) of the uploaded dataset `dataset`; None if there is none."""
+@dataclass(frozen=True)
+class StoredFacts:
+    """What validating a job needs to know of the uploaded dataset it names."""
+
+    kind: str  # image | regression
+    train_examples: int  # the size of its training set
+
+
+def stored_facts(session: Session, dataset: str) -> StoredFacts | None:
+    """Kind and training-set size of the uploaded dataset `dataset`; None if there is none."""
     if not is_stored_id(dataset):
         return None
     row = session.get(StoredDataset, dataset)
-    return row.kind if row is not None else None
+    return StoredFacts(row.kind, row.train_examples) if row is not None else None
 
 
 def list_datasets(

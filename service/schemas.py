@@ -6,7 +6,8 @@ import json
 import math
 import random
 from datetime import UTC, datetime
-from typing import Any, Literal, get_args
+from functools import lru_cache
+from typing import Any, Literal, Protocol, get_args
 
 from pydantic import (
     BaseModel,
@@ -28,7 +29,17 @@ from service.training.config import (
     MOMENTUM,
     TrainConfig,
 )
-from service.training.data import IMAGE_DATASETS, KNOWN_DATASETS, is_stored_id
+from service.training.data import (
+    IMAGE_DATASETS,
+    KNOWN_DATASETS,
+    REGRESSION_DATASETS,
+    SYNTHETIC_TRAIN,
+    DatasetError,
+    is_stored_id,
+    split_indices,
+)
+from service.training.kfold import fold_indices
+from service.training.regression import load_tabular
 
 OptimizerName = Literal["sgd", "momentum", "adam"]
 LrScheduleName = Literal["constant", "cosine", "onecycle"]
@@ -48,6 +59,58 @@ def builtin_dataset_kind(name: str) -> DatasetKindName | None:
     return None
 
 
+class UploadedDataset(Protocol):
+    """What validating a job needs to know of the uploaded dataset it names (the caller looks
+    it up: datasets_store.stored_facts)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def train_examples(self) -> int: ...
+
+
+# The standard Fashion-MNIST training set (the IDX files data.find_fashion_mnist finds). A
+# smaller set under TRAINSERVE_DATA_DIR only makes the submit-time checks miss a case that the
+# job then reports itself.
+FASHION_MNIST_TRAIN = 60_000
+
+
+@lru_cache(maxsize=len(KNOWN_DATASETS))
+def builtin_train_examples(name: str) -> int | None:
+    """The size of a built-in dataset's training set; None for anything else."""
+    if name == "fashion-mnist":
+        return FASHION_MNIST_TRAIN
+    if name == "synthetic":
+        return SYNTHETIC_TRAIN
+    if name in REGRESSION_DATASETS:
+        return len(load_tabular(name).train_y)  # generated, small and cached
+    return None
+
+
+# The sizes below come from the very functions training splits with (with any seed: only the
+# order depends on it), so a check at submit agrees with the run to the example.
+@lru_cache(maxsize=1024)
+def train_split_examples(n: int, val_fraction: float, train_examples: int | None) -> int:
+    """How many of a training set of `n` a train or lr_find job trains on (after the
+    validation split); raises DatasetError as the job would."""
+    train, _ = split_indices(n, seed=0, val_fraction=val_fraction, train_examples=train_examples)
+    return len(train)
+
+
+@lru_cache(maxsize=1024)
+def fewest_fold_train_examples(n: int, k: int, train_examples: int | None) -> int:
+    """The fewest examples a round of a k-fold job on a training set of `n` trains on (all the
+    folds but the largest); raises DatasetError as the job would (k above the examples)."""
+    folds = fold_indices(n, k, seed=0, train_examples=train_examples)
+    return sum(len(f) for f in folds) - max(len(f) for f in folds)
+
+
+def exact_lr(value: float) -> float:
+    """A computed lr as the decimal it stands for: 0.9 x 0.1 is 0.09, not 0.08999999999999998."""
+    return float(f"{value:.12g}")
+
+
 def default_lr(model: str, optimizer: str) -> float:
     """The course's SGD lr; scaled for momentum (same effective step); a tuned rate for Adam."""
     spec = models.get_spec(model)
@@ -55,7 +118,7 @@ def default_lr(model: str, optimizer: str) -> float:
     if optimizer == "adam":
         return spec.adam_lr
     if optimizer == "momentum":
-        return course_lr * (1 - MOMENTUM)  # momentum multiplies the step by 1/(1-beta)
+        return exact_lr(course_lr * (1 - MOMENTUM))  # momentum multiplies the step by 1/(1-beta)
     return course_lr
 
 
@@ -236,15 +299,15 @@ class JobCreate(BaseModel):
         return value
 
     def resolve(
-        self, stored_kind: DatasetKindName | None = None
+        self, stored: UploadedDataset | None = None
     ) -> tuple[TrainConfig, list[tuple[str, str]]]:
         """The fully resolved TrainConfig, or the (field, reason) pairs that make it invalid.
 
-        `stored_kind` is the kind of the uploaded dataset `dataset` names (None: no such
-        dataset); the caller looks it up, so this stays free of SQL.
+        `stored` is the uploaded dataset `dataset` names (None: no such dataset), its kind and
+        training-set size; the caller looks it up, so this stays free of SQL.
         """
         spec = models.get_spec(self.model)
-        problems = self._combination_problems(spec, stored_kind)
+        problems = self._combination_problems(spec, stored)
         dropout = spec.dropout if self.dropout is None else self.dropout
         if dropout > 0 and not spec.has_dropout:
             problems.append(("dropout", f"model {self.model!r} has no dropout layers; use 0"))
@@ -292,16 +355,18 @@ class JobCreate(BaseModel):
         return config, problems
 
     def _combination_problems(
-        self, spec: models.ModelSpec, stored_kind: DatasetKindName | None
+        self, spec: models.ModelSpec, stored: UploadedDataset | None
     ) -> list[tuple[str, str]]:
         """Knobs that only mean something for some models, kinds or datasets."""
         problems: list[tuple[str, str]] = []
         given = self.model_fields_set
-        data_kind = builtin_dataset_kind(self.dataset)
+        data_kind: str | None = builtin_dataset_kind(self.dataset)
+        train_size = builtin_train_examples(self.dataset)
         if data_kind is None:
-            data_kind = stored_kind
-            if stored_kind is None:
+            if stored is None:
                 problems.append(("dataset", f"no uploaded dataset has the id {self.dataset!r}"))
+            else:
+                data_kind, train_size = stored.kind, stored.train_examples
         if spec.task == "regression":
             if data_kind == "image":
                 problems.append(
@@ -330,7 +395,8 @@ class JobCreate(BaseModel):
             problems += [(n, "only for kind 'lr_find'") for n in LR_FIND_FIELDS if n in given]
         elif self.lr_schedule != "constant":
             problems.append(("lr_schedule", "not for kind 'lr_find': it sweeps the lr itself"))
-        problems += self._batch_plan_problems()
+        if train_size is not None:
+            problems += self._size_problems(train_size)
         if self.devices > 1:
             if self.kind != "train" or spec.task != "classification":
                 problems.append(("devices", "more than 1 only for kind 'train' of a classifier"))
@@ -343,20 +409,35 @@ class JobCreate(BaseModel):
                 )  # fmt: skip
         return problems
 
-    def _batch_plan_problems(self) -> list[tuple[str, str]]:
-        """last_batch 'drop' with a batch larger than the training split leaves nothing to train
-        on. Known at submit only when train_examples bounds the split (as data.split_indices
-        carves it: at least 1 example to validation); otherwise the job fails saying so."""
-        if self.last_batch != "drop" or self.kind != "train" or self.train_examples is None:
-            return []
-        used = self.train_examples
-        most = used - min(max(1, round(self.val_fraction * used)), used - 1)
-        if self.batch_size <= most:
+    def _size_problems(self, train_size: int) -> list[tuple[str, str]]:
+        """What a training set of `train_size` examples rules out, worked out as the job will
+        split it: k folds need k examples, and last_batch 'drop' needs a full batch in what
+        is left to train on (after the validation split; in every round of a kfold job)."""
+        used = train_size if self.train_examples is None else min(self.train_examples, train_size)
+        origin = (
+            "train_examples"
+            if self.train_examples is not None and self.train_examples <= train_size
+            else f"the training set of dataset {self.dataset!r}"
+        )
+        try:
+            if self.kind == "kfold":
+                k = self.k or DEFAULT_K
+                fewest = fewest_fold_train_examples(train_size, k, self.train_examples)
+                left = f"as few as {fewest} are left to train on in a round of {k}-fold CV"
+            else:
+                fewest = train_split_examples(train_size, self.val_fraction, self.train_examples)
+                left = f"{fewest} are left to train on after the validation split"
+        except DatasetError as exc:  # too few examples for the folds or the split
+            if self.kind != "kfold":
+                return [("dataset", f"{exc} ({origin})")]
+            default = f"; k defaults to {DEFAULT_K}" if self.k is None else ""
+            return [("k", f"{exc} ({origin}){default}")]
+        if self.last_batch != "drop" or self.batch_size <= fewest:
             return []
         return [
             ("batch_size", f"last_batch 'drop' with batch_size {self.batch_size} leaves no batch: "
-             f"train_examples {used} leave at most {most} to train on after the validation split; "
-             "use a smaller batch_size or last_batch 'keep' or 'pad'")
+             f"of the {used} training examples ({origin}), {left}; use a smaller batch_size "
+             "or last_batch 'keep' or 'pad'")
         ]  # fmt: skip
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 import models
+from service.schemas import default_lr
 from service.training.config import LR_SCHEDULES, OPTIMIZERS
 from service.training.data import KNOWN_DATASETS
 
@@ -14,7 +15,9 @@ router = APIRouter(tags=["catalog"])
 
 @router.get("/catalog")
 def catalog() -> dict[str, object]:
-    """Networks (with the defaults a job gets when it omits lr, dropout, resize), datasets."""
+    """Networks (with the defaults a job gets when it omits lr, dropout, resize), datasets.
+
+    lr, momentum_lr and adam_lr are the lr a job gets with optimizer sgd, momentum and adam."""
     networks = []
     for name in models.list_models():
         spec = models.get_spec(name)
@@ -24,8 +27,9 @@ def catalog() -> dict[str, object]:
                 "description": spec.description,
                 "input_side": spec.input_side,
                 "min_side": spec.min_side,
-                "lr": spec.lr,
-                "adam_lr": spec.adam_lr,
+                "lr": default_lr(name, "sgd"),
+                "momentum_lr": default_lr(name, "momentum"),
+                "adam_lr": default_lr(name, "adam"),
                 "dropout": spec.dropout,
                 "has_dropout": spec.has_dropout,
             }

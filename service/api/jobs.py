@@ -39,7 +39,7 @@ def submit_job(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JobPublic:
     """Queue a job (train, lr_find or kfold); a worker picks it up by priority, then age."""
-    config, problems = body.resolve(datasets_store.stored_kind(session, body.dataset))
+    config, problems = body.resolve(datasets_store.stored_facts(session, body.dataset))
     if problems:
         raise InvalidRequest.for_fields(problems)
     try:

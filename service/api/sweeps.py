@@ -71,6 +71,12 @@ def _resolve_points(body: SweepCreate, session: Any) -> list[TrainConfig]:
             )
         if key == "priority":
             problems.append(("grid.priority", "a sweep's jobs share the base's priority"))
+    if body.base.get("kind") == "lr_find" or "lr_find" in body.grid.get("kind", []):
+        problems.append(
+            ("grid.kind" if "kind" in body.grid else "base.kind",
+             "a sweep ranks its points by validation score and an lr_find job has none; "
+             "submit lr_find jobs one by one (POST /jobs) and compare their suggested_lr")
+        )  # fmt: skip
     count = math.prod(len(v) for v in body.grid.values())
     if count > MAX_SWEEP_POINTS:
         problems.append(("grid", f"{count} points; at most {MAX_SWEEP_POINTS}"))
@@ -92,7 +98,7 @@ def _resolve_points(body: SweepCreate, session: Any) -> list[TrainConfig]:
                     reason = "unknown field"
                 problems.append((_field_of(tuple(error.get("loc", ())), body.grid), reason))
             break
-        config, point_problems = job.resolve(datasets_store.stored_kind(session, job.dataset))
+        config, point_problems = job.resolve(datasets_store.stored_facts(session, job.dataset))
         if point_problems:
             problems += [
                 (f"grid.{f}" if f in body.grid else f"base.{f}", f"{r} (at point {point})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,7 +46,42 @@ BAD_JOBS = [
         {"model": "lenet", "last_batch": "drop", "batch_size": 451, "train_examples": 500},
         "batch_size",
     ),  # 50 of the 500 go to validation: no full batch of 451
-]
+    # The same checks for kfold and lr_find, and against the built-in datasets' own sizes
+    ({"model": "softmax", "kind": "kfold", "k": 10, "epochs": 1, "train_examples": 5}, "k"),
+    ({"model": "softmax", "kind": "kfold", "epochs": 1, "train_examples": 4}, "k"),  # k 5
+    (
+        {"model": "softmax", "kind": "kfold", "k": 3, "epochs": 1, "train_examples": 100,
+         "batch_size": 67, "last_batch": "drop"},
+        "batch_size",
+    ),  # folds of 34, 33, 33: one round trains on 66
+    (
+        {"model": "softmax", "kind": "lr_find", "steps": 20, "train_examples": 100,
+         "batch_size": 256, "last_batch": "drop"},
+        "batch_size",
+    ),
+    (
+        {"model": "softmax", "dataset": "synthetic", "epochs": 1, "batch_size": 1801,
+         "last_batch": "drop"},
+        "batch_size",
+    ),  # 2000 examples, 1800 after the validation split
+    (
+        {"model": "linear", "dataset": "linreg-highdim", "epochs": 1, "batch_size": 19,
+         "last_batch": "drop"},
+        "batch_size",
+    ),  # 20 examples, 18 after the validation split
+]  # fmt: skip
+
+# (body, field, what the reason must say): the numbers the refusal rests on
+SIZE_REASONS = [
+    ({"model": "softmax", "kind": "kfold", "k": 10, "epochs": 1, "train_examples": 5}, "k",
+     ["k = 10", "got 5"]),
+    ({"model": "softmax", "kind": "kfold", "k": 3, "epochs": 1, "train_examples": 100,
+      "batch_size": 256, "last_batch": "drop"}, "batch_size", ["batch_size 256", "66"]),
+    ({"model": "softmax", "dataset": "synthetic", "epochs": 1, "batch_size": 4096,
+      "last_batch": "drop"}, "batch_size", ["4096", "2000", "1800", "synthetic"]),
+    ({"model": "linear", "dataset": "linreg-highdim", "epochs": 1, "batch_size": 64,
+      "last_batch": "drop"}, "batch_size", ["64", "20", "18", "linreg-highdim"]),
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +122,36 @@ def test_bad_job_is_422_naming_the_field_and_writes_nothing(
 ) -> None:
     before = client.get("/jobs").json()["count"]
     assert_error(client.post("/jobs", json=body), 422, field)
+    assert client.get("/jobs").json()["count"] == before
+
+
+@pytest.mark.parametrize(("body", "field", "numbers"), SIZE_REASONS)
+def test_too_small_a_training_set_says_by_how_much(
+    client: httpx.Client, body: dict, field: str, numbers: list[str]
+) -> None:
+    error = assert_error(client.post("/jobs", json=body), 422, field)
+    [reason] = [f["reason"] for f in error["fields"] if f["field"] == field]
+    assert all(number in reason for number in numbers), reason
+
+
+def test_uploaded_datasets_are_checked_against_their_size(client: httpx.Client) -> None:
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=rng.integers(0, 255, (60, 28, 28), dtype=np.uint8),
+                        labels=np.arange(60) % 2)  # fmt: skip
+    images = client.post("/datasets", files={"file": ("d.npz", buffer.getvalue())}).json()
+    rows = "a,b,target\n" + "".join(f"{i},{i % 7},{2 * i}\n" for i in range(50))
+    table = client.post("/datasets", files={"file": ("d.csv", rows.encode())}).json()
+    before = client.get("/jobs").json()["count"]
+    for stored, model in ((images, "lenet"), (table, "linear")):
+        n = stored["train_examples"]
+        drop = {"model": model, "dataset": stored["id"], "last_batch": "drop", "epochs": 1}
+        error = assert_error(
+            client.post("/jobs", json={**drop, "batch_size": n}), 422, "batch_size"
+        )
+        assert f"of the {n} training examples" in error["message"]
+        kfold = {**drop, "kind": "kfold", "k": 2, "batch_size": n // 2 + 1}  # rounds of n // 2
+        assert_error(client.post("/jobs", json=kfold), 422, "batch_size")
     assert client.get("/jobs").json()["count"] == before
 
 

@@ -172,6 +172,14 @@ BAD_SWEEPS = [
     ({"base": {"model": "softmax"}, "grid": {"weight_decay": [0, 1e-3, 0.0]}}, "grid.weight_decay"),
     # null is the model's default side, 28: both points would train the same job
     ({"base": {"model": "softmax"}, "grid": {"resize": [None, 28]}}, "grid.resize"),
+    # lr_find points have no validation score to rank by
+    ({"base": {"model": "mlp", "kind": "lr_find"}, "grid": {"steps": [20, 30]}}, "base.kind"),
+    ({"base": {"model": "mlp"}, "grid": {"kind": ["train", "lr_find"]}}, "grid.kind"),
+    # every point gets the single job's size checks
+    ({"base": {"model": "softmax", "dataset": "synthetic", "last_batch": "drop"},
+      "grid": {"batch_size": [1024, 2048]}}, "grid.batch_size"),
+    ({"base": {"model": "softmax", "kind": "kfold", "train_examples": 5}, "grid": {"k": [2, 10]}},
+     "grid.k"),
 ]  # fmt: skip
 
 
