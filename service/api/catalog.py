@@ -19,14 +19,17 @@ def catalog() -> dict[str, object]:
 
     lr, momentum_lr and adam_lr are the lr a job gets with optimizer sgd, momentum and adam."""
     networks = []
-    for name in models.list_models():
+    # The regression model too: POST /jobs takes it, so its defaults must be findable here.
+    for name in models.list_models() + models.list_regression_models():
         spec = models.get_spec(name)
+        image = spec.task == "classification"
         networks.append(
             {
                 "name": spec.name,
+                "task": spec.task,
                 "description": spec.description,
-                "input_side": spec.input_side,
-                "min_side": spec.min_side,
+                "input_side": spec.input_side if image else None,  # feature vectors: no side
+                "min_side": spec.min_side if image else None,
                 "lr": default_lr(name, "sgd"),
                 "momentum_lr": default_lr(name, "momentum"),
                 "adam_lr": default_lr(name, "adam"),
@@ -36,7 +39,7 @@ def catalog() -> dict[str, object]:
         )
     return {
         "models": networks,
-        "datasets": list(KNOWN_DATASETS),
+        "datasets": list(KNOWN_DATASETS),  # and uploads: GET /datasets
         "optimizers": list(OPTIMIZERS),
         "lr_schedules": list(LR_SCHEDULES),
     }

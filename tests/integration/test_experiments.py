@@ -82,6 +82,8 @@ def test_each_kind_runs_and_reports(database_url: str, start_server) -> None:
     catalog = client.get("/catalog").json()
     assert catalog["optimizers"] == ["sgd", "momentum", "adam"]
     assert catalog["lr_schedules"] == ["constant", "cosine", "onecycle"]
+    tasks = {m["name"]: m["task"] for m in catalog["models"]}
+    assert tasks["linear"] == "regression" and tasks["lenet"] == "classification"
 
 
 def test_sweep_creates_one_job_per_point_and_ranks_them(database_url: str, start_server) -> None:
