@@ -136,9 +136,14 @@ def _begin_write(session: Session) -> None:
     session.info[WRITER_TRANSACTION] = session.get_transaction()
 
 
-def _new_job(config: dict[str, Any], priority: int, max_attempts: int, **extra: Any) -> Job:
+def _new_job(
+    session: Session, config: dict[str, Any], priority: int, max_attempts: int, **extra: Any
+) -> Job:
     """A queued job row, not yet added to a session."""
     return Job(
+        # The database clock to the millisecond, as started_at and finished_at: SQLite's
+        # CURRENT_TIMESTAMP default has whole seconds, which lose the order of quick submits.
+        created_at=db_now(session.get_bind().dialect.name),
         status=JobStatus.QUEUED.value,
         model=config["model"],
         kind=config.get("kind", JobKind.TRAIN.value),
@@ -172,7 +177,7 @@ def submit_job(
         existing = _job_with_key(session, idempotency_key)
         if existing is not None:
             return _same_request(existing, config, priority, drawn)
-    job = _new_job(config, priority, max_attempts, idempotency_key=idempotency_key)
+    job = _new_job(session, config, priority, max_attempts, idempotency_key=idempotency_key)
     session.add(job)
     try:
         session.commit()
@@ -602,7 +607,9 @@ def create_sweep(
     sweep = Sweep(base=base, grid=grid)
     session.add(sweep)
     session.flush()  # the sweep's id, for its jobs
-    jobs = [_new_job(config, priority, max_attempts, sweep_id=sweep.id) for config in configs]
+    jobs = [
+        _new_job(session, config, priority, max_attempts, sweep_id=sweep.id) for config in configs
+    ]
     session.add_all(jobs)
     session.commit()
     return sweep, jobs

@@ -441,11 +441,14 @@ class JobCreate(BaseModel):
         ]  # fmt: skip
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; they are UTC (the database clock).
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+def _iso(value: datetime | None) -> str | None:
+    """A database time as ISO 8601 UTC with milliseconds, always the same shape (isoformat
+    alone drops a zero fraction). SQLite hands back naive datetimes; they are UTC."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 def finite_or_none(value: float | None) -> float | None:
@@ -524,8 +527,7 @@ class JobPublic(BaseModel):
 
     @field_serializer("created_at", "started_at", "finished_at")
     def _serialize_time(self, value: datetime | None) -> str | None:
-        value = _utc(value)
-        return value.isoformat() if value else None
+        return _iso(value)
 
     @classmethod
     def from_job(cls, job: Job) -> JobPublic:
@@ -614,8 +616,7 @@ class ModelPublic(BaseModel):
 
     @field_serializer("finished_at")
     def _serialize_time(self, value: datetime | None) -> str | None:
-        value = _utc(value)
-        return value.isoformat() if value else None
+        return _iso(value)
 
     @classmethod
     def from_job(cls, job: Job, *, loaded: bool) -> ModelPublic:
@@ -670,8 +671,7 @@ class DatasetPublic(BaseModel):
 
     @field_serializer("created_at")
     def _serialize_time(self, value: datetime) -> str | None:
-        value = _utc(value)  # type: ignore[assignment]
-        return value.isoformat() if value else None
+        return _iso(value)
 
     @classmethod
     def from_row(cls, row: StoredDataset) -> DatasetPublic:
@@ -734,8 +734,7 @@ class SweepPublic(BaseModel):
 
     @field_serializer("created_at")
     def _serialize_time(self, value: datetime) -> str | None:
-        value = _utc(value)  # type: ignore[assignment]
-        return value.isoformat() if value else None
+        return _iso(value)
 
 
 class SweepSummaryPublic(BaseModel):
@@ -747,8 +746,7 @@ class SweepSummaryPublic(BaseModel):
 
     @field_serializer("created_at")
     def _serialize_time(self, value: datetime) -> str | None:
-        value = _utc(value)  # type: ignore[assignment]
-        return value.isoformat() if value else None
+        return _iso(value)
 
     @classmethod
     def from_row(cls, sweep: Sweep, status_counts: dict[str, int]) -> SweepSummaryPublic:

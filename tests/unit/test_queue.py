@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, func, select, update
+from sqlalchemy import Engine, event, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import queue
@@ -42,6 +42,7 @@ from service.queue import (
     requeue_expired_leases,
     submit_job,
 )
+from service.schemas import _iso
 from service.tables import EpochMetric, Job, JobStatus
 
 pytestmark = pytest.mark.timeout(60)
@@ -230,6 +231,24 @@ def test_submit_after_a_read_in_the_same_session_while_others_write(db: Db) -> N
         again = submit_job(session, dict(CONFIG))  # the session goes on working afterwards
     assert {db.job(mine).status, db.job(again.id).status} == {JobStatus.QUEUED.value}
     assert db.count_jobs() == 3 and len({other, mine, again.id}) == 3
+
+
+def test_created_at_keeps_the_order_of_quick_submits(db: Db) -> None:
+    """To the millisecond (SQLite's CURRENT_TIMESTAMP default had whole seconds)."""
+    ids = [db.submit() for _ in range(3)]
+    times = [utc(db.job(i).created_at) for i in ids]
+    assert times == sorted(times)
+    with db.engine.connect() as conn:
+        raw = conn.scalar(text("SELECT created_at FROM jobs WHERE id = :id"), {"id": ids[0]})
+    assert "." in str(raw)  # a fraction of a second is stored, on SQLite and PostgreSQL
+
+
+def test_times_are_shown_in_one_shape() -> None:
+    shown = _iso(datetime(2026, 11, 27, 8, 0, 0))  # naive: the database's UTC
+    assert shown == "2026-11-27T08:00:00.000+00:00"
+    assert _iso(datetime(2026, 11, 27, 8, 0, 0, 123456, tzinfo=UTC)) == (
+        "2026-11-27T08:00:00.123+00:00"
+    )
 
 
 def test_get_job_unknown_raises_not_found(db: Db) -> None:
