@@ -14,9 +14,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 DATABASE_RETRY_AFTER_SECONDS = 5
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
 class ApiError(Exception):
@@ -135,11 +137,27 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         reason = f"the body is not valid JSON ({cause})" if cause else "the body is not valid JSON"
         return await _api_error(request, InvalidRequest.for_fields([("body", reason)]))
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route on the path only (POST for /jobs);
+        # RFC 9110 wants every method the resource takes.
+        headers["Allow"] = ", ".join(_allowed_methods(request))
     return JSONResponse(
         error_body(exc.status_code, code, str(exc.detail), []),
         status_code=exc.status_code,
-        headers=getattr(exc, "headers", None),
+        headers=headers or None,
     )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    # Asked of the routes method by method: FastAPI nests included routers, whose own
+    # `methods` say nothing, but every route answers whether it fully matches a scope.
+    allowed = []
+    for method in HTTP_METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 async def _database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:

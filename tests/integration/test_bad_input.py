@@ -323,3 +323,14 @@ def test_oversized_job_and_sweep_bodies_are_413(client: httpx.Client) -> None:
         assert_error(client.post(path, content=chunked(), headers=json_type), 413)
     assert client.get("/jobs").json()["count"] == before
     assert client.get("/health").status_code == 200
+
+
+def test_405_names_every_method_of_the_resource(client: httpx.Client) -> None:
+    for method, path, allowed in (
+        ("DELETE", "/jobs", {"GET", "POST"}),
+        ("PUT", "/sweeps", {"GET", "POST"}),
+        ("POST", "/health", {"GET", "HEAD"}),
+    ):
+        response = client.request(method, path)
+        assert_error(response, 405)
+        assert {m.strip() for m in response.headers["allow"].split(",")} == allowed
