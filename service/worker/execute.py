@@ -1,10 +1,14 @@
 """Run one claimed job to its end inside the job's own process, and write its outcome.
 
 Every write is conditional on the lease token; a refused write means another worker owns the
-job now, and this process stops without writing anything else. The job's kind picks the work:
-``train`` (a classifier, saved for /models, or a linear regression, reported in ``result``),
-``lr_find`` (the lr range test) or ``kfold`` (cross-validation); only classifiers' train jobs
-save a model. Every succeeded train and kfold job gets a diagnosis of its curves in ``result``.
+job now, and this process stops without writing anything else. A write is retried while the
+database is unreachable, for as long as the lease could still be ours; past that the process
+stops without writing (``Outcome.DATABASE_LOST``), and the job is requeued once its lease lapses
+(attempt + 1, resumed from its checkpoint), as when a worker dies. An outage never fails a job.
+The job's kind picks the work: ``train`` (a classifier, saved for /models, or a linear
+regression, reported in ``result``), ``lr_find`` (the lr range test) or ``kfold``
+(cross-validation); only classifiers' train jobs save a model. Every succeeded train and
+kfold job gets a diagnosis of its curves in ``result``.
 """
 
 from __future__ import annotations
@@ -13,15 +17,13 @@ import enum
 import logging
 import math
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
 
 from service import queue
 from service.artifacts import ModelDescription, checkpoint_path, save_trained_model
@@ -35,9 +37,9 @@ from service.training.kfold import cross_validate
 from service.training.loop import EpochMetrics, TrainingCancelled, TrainingDiverged, train
 from service.training.lr_find import find_lr
 from service.training.regression import train_regression
+from service.worker.retry import DatabaseRetry, DatabaseUnavailable, is_database_error
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class Outcome(enum.IntEnum):
@@ -46,6 +48,9 @@ class Outcome(enum.IntEnum):
     FINISHED = 0  # the job's final status is written (succeeded or failed)
     STOPPED = 10  # asked to stop (cancel or shutdown): the worker decides what to write
     LEASE_LOST = 11  # another worker owns the job: write nothing
+    # The database stayed unreachable for as long as the lease could be ours: nothing written;
+    # the lease lapses and the job is requeued (attempt + 1) and resumes from its checkpoint.
+    DATABASE_LOST = 12
 
 
 # CUDA says "out of memory"; torch's CPU allocator says "can't allocate memory".
@@ -77,22 +82,43 @@ def execute_job(
     ckpt = checkpoint_path(artifact_dir, job_id)
     lost = threading.Event()
 
-    retry = _DatabaseRetry(patience_seconds=settings.lease_seconds)
+    retry = DatabaseRetry(patience_seconds=settings.lease_seconds)
 
     def finish(status: JobStatus, **kwargs: object) -> Outcome:
-        if retry(queue.finish_job, engine, job_id, token, status, **kwargs):
+        try:
+            written = retry(queue.finish_job, engine, job_id, token, status, **kwargs)
+        except DatabaseUnavailable as exc:
+            return database_lost(exc)
+        if written:
             _remove(ckpt)
             return Outcome.FINISHED
         log.warning("job %s: lease lost before it could be marked %s", job_id, status.value)
         return Outcome.LEASE_LOST
 
-    def on_epoch(metrics: EpochMetrics) -> None:
-        row = _finite_values(metrics.to_dict())
-        if not retry(queue.record_epoch, engine, job_id, token, row):
-            lost.set()
+    def database_lost(exc: BaseException) -> Outcome:
+        log.warning(
+            "job %s: %s; stopping without writing: it is requeued when its lease lapses and "
+            "resumes from its checkpoint",
+            job_id,
+            exc if isinstance(exc, DatabaseUnavailable) else f"database error: {exc}",
+        )
+        return Outcome.DATABASE_LOST
 
     def should_stop() -> bool:
         return stop.is_set() or lost.is_set() or should_stop_extra()
+
+    epoch_retry = DatabaseRetry(patience_seconds=settings.lease_seconds, give_up=should_stop)
+
+    def on_epoch(metrics: EpochMetrics) -> None:
+        row = _finite_values(metrics.to_dict())
+        try:
+            written = epoch_retry(queue.record_epoch, engine, job_id, token, row)
+        except DatabaseUnavailable:
+            if should_stop():  # asked to stop during the outage: stop now; the worker requeues
+                raise TrainingCancelled("stopped while the database was unreachable") from None
+            raise  # ends the training: see database_lost below
+        if not written:
+            lost.set()
 
     datasets_dir = artifact_dir / "datasets"
     common: dict[str, Any] = {
@@ -138,9 +164,11 @@ def execute_job(
             result = {"diagnosis": diagnosis}
     except TrainingCancelled:
         return Outcome.LEASE_LOST if lost.is_set() else Outcome.STOPPED
-    except (TrainingDiverged, DatasetError, ValueError) as exc:
-        return finish(JobStatus.FAILED, error=str(exc))
     except Exception as exc:
+        if is_database_error(exc):  # an outage, however it surfaced: never a training failure
+            return database_lost(exc)
+        if isinstance(exc, TrainingDiverged | DatasetError | ValueError):
+            return finish(JobStatus.FAILED, error=str(exc))
         message = out_of_memory_message(exc, TrainConfig.from_dict(config_data))
         if message is None:
             log.exception("job %s failed", job_id)
@@ -177,27 +205,6 @@ def _publisher(
         save_trained_model(artifact_dir, description, model)
 
     return publish
-
-
-class _DatabaseRetry:
-    """Retry a write while the database is unreachable (restarting, failing over), for as long
-    as the lease could still be ours; after that the write is moot and the error propagates."""
-
-    def __init__(self, patience_seconds: float) -> None:
-        self.patience_seconds = patience_seconds
-
-    def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        deadline = time.monotonic() + self.patience_seconds
-        delay = 0.2
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except OperationalError as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("database unavailable (%s); retrying in %.1fs", exc.orig, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
 
 def _finite_values(values: dict[str, float]) -> dict[str, Any]:

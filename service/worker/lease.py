@@ -9,6 +9,7 @@ import time
 from sqlalchemy import Engine
 
 from service import queue
+from service.worker.retry import brief, is_database_error
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +38,36 @@ class LeaseKeeper(threading.Thread):
         self.cancelled = threading.Event()  # the user asked to cancel
         self.lost = threading.Event()  # the lease is no longer ours: stop, write nothing
         self._done = threading.Event()
+        # When the lease was last set: at the claim (just before this keeper is made), then at
+        # every heartbeat that got through.
+        self.renewed_at = time.monotonic()
+
+    def seconds_left(self) -> float:
+        """How much longer the lease could still be ours (0 once it may have lapsed): how long
+        a write on the job's behalf is worth retrying while the database is unreachable."""
+        return max(0.0, self.renewed_at + self.lease_seconds - time.monotonic())
 
     def run(self) -> None:
         last_beat = time.monotonic()
         while not self._done.wait(self.check_seconds):
             try:
                 if time.monotonic() - last_beat >= self.heartbeat_seconds:
+                    asked_at = time.monotonic()
                     state = queue.heartbeat(
                         self.engine, self.job_id, self.token, self.lease_seconds
                     )
                     last_beat = time.monotonic()
+                    if state.lease_held:
+                        self.renewed_at = asked_at
                 else:
                     state = queue.cancel_requested(self.engine, self.job_id, self.token)
-            except (
-                Exception
-            ):  # the database may be restarting: keep trying until the lease runs out
-                log.warning("job %s: heartbeat failed; will retry", self.job_id, exc_info=True)
+            except Exception as exc:  # the database may be restarting: keep trying
+                if is_database_error(exc):
+                    log.warning(
+                        "job %s: heartbeat failed (%s); will retry", self.job_id, brief(exc)
+                    )
+                else:
+                    log.warning("job %s: heartbeat failed; will retry", self.job_id, exc_info=True)
                 continue
             if not state.lease_held:
                 # Also what a job that has just finished looks like (its process cleared the

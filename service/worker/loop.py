@@ -18,6 +18,7 @@ from service.db import make_engine
 from service.tables import JobStatus
 from service.worker.execute import Outcome
 from service.worker.lease import LeaseKeeper
+from service.worker.retry import DatabaseRetry, DatabaseUnavailable, brief, is_database_error
 from service.worker.standby import Standby
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,16 @@ class Worker:
                     break
                 if self._standby is None:
                     self._standby = Standby(self._settings_data(), self.device)
-                if not self._poll_once():
+                try:
+                    if not self._poll_once():
+                        continue
+                except Exception as exc:
+                    if not is_database_error(exc):
+                        raise
+                    # A transient outage never ends the worker: its job (if any) is requeued
+                    # when the lease lapses; look for work again once the database is back.
+                    self._log_database_error(exc)
+                    self.stopping.wait(max(self.settings.poll_seconds, 2.0))
                     continue
                 done += 1
                 if max_jobs is not None and done >= max_jobs:
@@ -87,8 +97,8 @@ class Worker:
                 self.engine, backoff_seconds=self.settings.retry_backoff_seconds
             )
             claimed = queue.claim_next_job(self.engine, self.name, self.settings.lease_seconds)
-        except Exception:  # database unreachable: wait and retry, never crash the loop
-            log.warning("worker %s: database error; retrying", self.name, exc_info=True)
+        except Exception as exc:  # database unreachable: wait and retry, never crash the loop
+            self._log_database_error(exc)
             self.stopping.wait(max(self.settings.poll_seconds, 2.0))
             return False
         if claimed is None:
@@ -96,6 +106,12 @@ class Worker:
             return False
         self.run_job(claimed)
         return True
+
+    def _log_database_error(self, exc: Exception) -> None:
+        if is_database_error(exc):  # one line per try during an outage, not a traceback
+            log.warning("worker %s: database unavailable (%s); retrying", self.name, brief(exc))
+        else:
+            log.warning("worker %s: database error; retrying", self.name, exc_info=True)
 
     def _settings_data(self) -> dict:
         return self.settings.model_dump(mode="json") | {
@@ -171,21 +187,49 @@ class Worker:
                 process.join()
 
     def _settle(self, claimed: queue.ClaimedJob, exitcode: int | None, keeper: LeaseKeeper) -> None:
-        """Write what the job process could not: cancelled, requeued, or crashed."""
-        job_id, token = claimed.id, claimed.token
+        """Write what the job process could not: cancelled, requeued, or crashed. Each write is
+        retried while the database is unreachable, for as long as the lease could still be
+        ours; past that nothing is written and the job is requeued when its lease lapses."""
+        job_id = claimed.id
         if exitcode == Outcome.FINISHED:
+            return
+        if exitcode == Outcome.DATABASE_LOST:
+            log.warning(
+                "job %s: the database stayed unreachable past the lease; its process stopped "
+                "without writing, and the job is requeued when its lease lapses",
+                job_id,
+            )
             return
         if exitcode == Outcome.LEASE_LOST or keeper.lost.is_set():
             log.warning("job %s: lease lost; its process stopped without writing", job_id)
             return
+        try:
+            self._write_settlement(claimed, exitcode, keeper)
+        except DatabaseUnavailable as exc:
+            log.warning(
+                "job %s: %s; nothing written: the job is requeued when its lease lapses",
+                job_id,
+                exc,
+            )
+
+    def _write_settlement(
+        self, claimed: queue.ClaimedJob, exitcode: int | None, keeper: LeaseKeeper
+    ) -> None:
+        job_id, token = claimed.id, claimed.token
+        retry = DatabaseRetry(patience_seconds=keeper.seconds_left())
         ckpt = checkpoint_path(self.artifact_dir, job_id)
         if keeper.cancelled.is_set():
-            if queue.finish_job(
-                self.engine, job_id, token, JobStatus.CANCELLED, error="cancelled by request"
+            if retry(
+                queue.finish_job,
+                self.engine,
+                job_id,
+                token,
+                JobStatus.CANCELLED,
+                error="cancelled by request",
             ):
                 ckpt.unlink(missing_ok=True)
         elif exitcode == Outcome.STOPPED or self.stopping.is_set() or self._parent_gone():
-            status = queue.release_job(self.engine, job_id, token)
+            status = retry(queue.release_job, self.engine, job_id, token)
             if status == JobStatus.QUEUED.value:  # resumes from its checkpoint
                 log.info("worker %s: job %s requeued for shutdown", self.name, job_id)
             elif status is not None:  # a cancel it had not seen yet: nothing will resume it
@@ -193,7 +237,8 @@ class Worker:
         else:
             reason = _describe_exit(exitcode)
             log.error("job %s: %s", job_id, reason)
-            status = queue.requeue_or_fail(
+            status = retry(
+                queue.requeue_or_fail,
                 self.engine,
                 job_id,
                 token,

@@ -1,13 +1,17 @@
-"""What a worker writes, and removes, when its job process ended without writing a result."""
+"""What a worker writes, and removes, when its job process ended without writing a result,
+also while the database is unreachable (simulated: the queue's functions raise what
+SQLAlchemy raises when the server refuses connections)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from service import queue
 from service.artifacts import checkpoint_path
@@ -15,6 +19,7 @@ from service.cli import migrate
 from service.config import Settings
 from service.db import make_session_factory
 from service.worker.execute import Outcome
+from service.worker.lease import LeaseKeeper
 from service.worker.loop import Worker
 
 CONFIG = {"model": "softmax", "dataset": "synthetic", "epochs": 3}
@@ -45,9 +50,11 @@ def _cancel(worker: Worker, job_id: int) -> None:
         queue.cancel_job(session, job_id)
 
 
-def _keeper() -> SimpleNamespace:
+def _keeper(seconds_left: float = 60.0) -> SimpleNamespace:
     """A lease keeper that saw neither the cancel nor a lost lease."""
-    return SimpleNamespace(cancelled=threading.Event(), lost=threading.Event())
+    return SimpleNamespace(
+        cancelled=threading.Event(), lost=threading.Event(), seconds_left=lambda: seconds_left
+    )
 
 
 def _status(worker: Worker, job_id: int) -> str:
@@ -84,3 +91,146 @@ def test_a_crash_keeps_the_checkpoint_until_the_job_fails_for_good(worker: Worke
     worker._settle(retried, -9, _keeper())
     assert _status(worker, retried.id) == "queued"
     assert checkpoint_path(worker.artifact_dir, retried.id).exists()
+
+
+def _refused() -> OperationalError:
+    return OperationalError(
+        "UPDATE jobs", {}, ConnectionRefusedError("connection failed: Connection refused")
+    )
+
+
+def _down_for(calls: int, real: Callable[..., object]) -> Callable[..., object]:
+    """`real` behind a database that refuses the first `calls` calls (-1: every call)."""
+    failures = iter(range(calls)) if calls >= 0 else iter(int, 1)
+
+    def call(*args: object, **kwargs: object) -> object:
+        if next(failures, None) is not None:
+            raise _refused()
+        return real(*args, **kwargs)
+
+    return call
+
+
+def test_a_worker_stopped_during_a_short_outage_requeues_its_job_uncounted(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claimed = _running_job_with_checkpoint(worker)
+    monkeypatch.setattr(queue, "release_job", _down_for(2, queue.release_job))
+    worker.stopping.set()
+    worker._settle(claimed, Outcome.STOPPED, _keeper())
+    with make_session_factory(worker.engine)() as session:
+        job = queue.get_job(session, claimed.id)
+        assert (job.status, job.attempts) == ("queued", 0)  # the run is not counted
+    assert checkpoint_path(worker.artifact_dir, claimed.id).exists()
+
+
+def test_a_crash_and_a_cancel_during_a_short_outage_are_written(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queue, "requeue_or_fail", _down_for(2, queue.requeue_or_fail))
+    crashed = _running_job_with_checkpoint(worker)
+    worker._settle(crashed, -9, _keeper())
+    assert _status(worker, crashed.id) == "queued"
+
+    monkeypatch.setattr(queue, "finish_job", _down_for(2, queue.finish_job))
+    cancelled = _running_job_with_checkpoint(worker)
+    _cancel(worker, cancelled.id)
+    keeper = _keeper()
+    keeper.cancelled.set()
+    worker._settle(cancelled, Outcome.STOPPED, keeper)
+    assert _status(worker, cancelled.id) == "cancelled"
+    assert not checkpoint_path(worker.artifact_dir, cancelled.id).exists()
+
+
+@pytest.mark.parametrize(
+    ("function", "exitcode", "cancelled", "stopping"),
+    [
+        ("release_job", Outcome.STOPPED, False, True),  # SIGTERM to the worker
+        ("requeue_or_fail", -9, False, False),  # the job process was killed
+        ("finish_job", Outcome.STOPPED, True, False),  # cancelled by request
+    ],
+)
+def test_an_outage_past_the_lease_leaves_the_job_to_lapse_and_the_worker_alive(
+    worker: Worker,
+    monkeypatch: pytest.MonkeyPatch,
+    function: str,
+    exitcode: int,
+    cancelled: bool,
+    stopping: bool,
+) -> None:
+    claimed = _running_job_with_checkpoint(worker)
+    monkeypatch.setattr(queue, function, _down_for(-1, getattr(queue, function)))
+    keeper = _keeper(seconds_left=0.5)  # the lease could be ours for half a second more
+    if cancelled:
+        _cancel(worker, claimed.id)
+        keeper.cancelled.set()
+    if stopping:
+        worker.stopping.set()
+    started = time.monotonic()
+    worker._settle(claimed, exitcode, keeper)  # does not raise
+    assert time.monotonic() - started < 5  # gave up with the lease
+    with make_session_factory(worker.engine)() as session:
+        job = queue.get_job(session, claimed.id)
+        # Nothing written: the job is requeued, or cancelled, once its lease lapses.
+        assert (job.status, job.lease_token) == ("running", claimed.token)
+    assert checkpoint_path(worker.artifact_dir, claimed.id).exists()
+
+
+def test_a_job_process_that_lost_the_database_is_left_to_lapse(worker: Worker) -> None:
+    claimed = _running_job_with_checkpoint(worker)
+    worker._settle(claimed, Outcome.DATABASE_LOST, _keeper())
+    with make_session_factory(worker.engine)() as session:
+        job = queue.get_job(session, claimed.id)
+        assert (job.status, job.error, job.lease_token) == ("running", None, claimed.token)
+    assert checkpoint_path(worker.artifact_dir, claimed.id).exists()
+
+
+def test_the_worker_loop_survives_a_database_error_in_a_job(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class NoStandby:  # no job process is started here
+        def __init__(self, *_args: object) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr("service.worker.loop.Standby", NoStandby)
+    monkeypatch.setattr(worker.settings, "poll_seconds", 0.01)
+    for _ in range(2):
+        with make_session_factory(worker.engine)() as session:
+            queue.submit_job(session, dict(CONFIG))
+    ran: list[int] = []
+
+    def run_job(claimed: queue.ClaimedJob) -> None:
+        ran.append(claimed.id)
+        if len(ran) == 1:
+            raise _refused()  # the database went away in the middle of the job
+
+    monkeypatch.setattr(worker, "run_job", run_job)
+    worker.run(max_jobs=1)  # does not raise: the second job counts as the one
+    assert len(ran) == 2
+
+
+def test_the_lease_keeper_knows_how_long_the_lease_could_still_be_ours(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claimed = _running_job_with_checkpoint(worker)
+    keeper = LeaseKeeper(
+        worker.engine,
+        claimed.id,
+        claimed.token,
+        lease_seconds=0.6,
+        heartbeat_seconds=0.1,
+        check_seconds=0.05,
+    )
+    keeper.start()
+    try:
+        time.sleep(0.4)
+        assert keeper.seconds_left() > 0.3  # renewed by its heartbeats
+        monkeypatch.setattr(queue, "heartbeat", _down_for(-1, queue.heartbeat))
+        time.sleep(0.8)
+        assert keeper.seconds_left() == 0  # no heartbeat got through for a whole lease
+        assert not keeper.lost.is_set()  # which is not the lease being taken
+    finally:
+        keeper.stop()
