@@ -30,7 +30,10 @@ NOT_FOUND = {404: {"model": ErrorResponse, "description": "No job with that id"}
     status_code=status.HTTP_201_CREATED,
     response_model=JobPublic,
     dependencies=[Depends(require_json)],
-    responses={415: {"model": ErrorResponse, "description": "Not JSON"}},
+    responses={
+        413: {"model": ErrorResponse, "description": "Body over 1 MiB"},
+        415: {"model": ErrorResponse, "description": "Not JSON"},
+    },
 )
 def submit_job(
     body: JobCreate,

@@ -130,7 +130,10 @@ def _resolve_points(body: SweepCreate, session: Any) -> list[TrainConfig]:
     status_code=status.HTTP_201_CREATED,
     response_model=SweepPublic,
     dependencies=[Depends(require_json)],
-    responses={415: {"model": ErrorResponse, "description": "Not JSON"}},
+    responses={
+        413: {"model": ErrorResponse, "description": "Body over 1 MiB"},
+        415: {"model": ErrorResponse, "description": "Not JSON"},
+    },
 )
 def create_sweep(body: SweepCreate, request: Request, session: SessionDep) -> SweepPublic:
     """Validate every point of the grid, then queue one job per point in one transaction."""

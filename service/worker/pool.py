@@ -98,7 +98,10 @@ class WorkerPool:
         self._stopping.clear()
         now = time.monotonic()
         self._slots = [_Slot(self._spawn(i), started=now) for i in range(len(self.devices))]
-        log.info("started %d worker(s) on %s", len(self._slots), ", ".join(self.devices))
+        if self._slots:
+            log.info("started %d worker(s) on %s", len(self._slots), ", ".join(self.devices))
+        else:
+            log.info("no workers: this process serves the API only")
         if self._slots:
             self._watcher = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
             self._watcher.start()
