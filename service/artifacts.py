@@ -8,12 +8,14 @@ checkpoints are written by our own workers only and read with ``weights_only=Tru
 
 Across machines: with TRAINSERVE_ARTIFACT_URL set to an fsspec URL (s3://…, gs://…, file://…),
 a worker also uploads each trained model there, and an API process whose local artifact
-directory lacks a model downloads it from there before loading it. The local directory stays
-the working copy (and holds the checkpoints), so nothing else changes.
+directory lacks a model downloads it from there before loading it. Each epoch's checkpoint goes
+there too, so that a job requeued onto another machine resumes from it instead of starting
+over; it is deleted there with the local one. The local directory stays the working copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -115,6 +117,49 @@ def push_remote(artifact_dir: Path, job_id: int) -> None:
     fs.makedirs(remote, exist_ok=True)  # type: ignore[attr-defined]
     for name in (WEIGHTS_FILE, DESCRIPTION_FILE):
         fs.pipe_file(f"{remote}/{name}", (local / name).read_bytes())  # type: ignore[attr-defined]
+
+
+def push_checkpoint(artifact_dir: Path, job_id: int) -> None:
+    """Upload a job's latest checkpoint to TRAINSERVE_ARTIFACT_URL, if it is set."""
+    url = _remote_url()
+    if url is None:
+        return
+    fs, remote = _remote_job_dir(url, job_id)
+    fs.makedirs(remote, exist_ok=True)  # type: ignore[attr-defined]
+    data = checkpoint_path(artifact_dir, job_id).read_bytes()
+    # Written beside, then moved: a worker fetching meanwhile never reads half a checkpoint.
+    fs.pipe_file(f"{remote}/.{CHECKPOINT_FILE}.part", data)  # type: ignore[attr-defined]
+    fs.mv(f"{remote}/.{CHECKPOINT_FILE}.part", f"{remote}/{CHECKPOINT_FILE}")  # type: ignore[attr-defined]
+
+
+def fetch_checkpoint(artifact_dir: Path, job_id: int) -> bool:
+    """Download a job's checkpoint from TRAINSERVE_ARTIFACT_URL unless one is here already:
+    the job ran on another machine before this one claimed it. False when there is none."""
+    local = checkpoint_path(artifact_dir, job_id)
+    if local.is_file():
+        return True
+    url = _remote_url()
+    if url is None:
+        return False
+    fs, remote = _remote_job_dir(url, job_id)
+    try:
+        data = fs.cat_file(f"{remote}/{CHECKPOINT_FILE}")  # type: ignore[attr-defined]
+    except FileNotFoundError:
+        return False
+    atomic_write_bytes(local, data)
+    log.info("fetched the checkpoint of job %s from %s", job_id, url)
+    return True
+
+
+def remove_checkpoint(artifact_dir: Path, job_id: int) -> None:
+    """Delete a job's checkpoint here and at TRAINSERVE_ARTIFACT_URL: nothing will resume it."""
+    checkpoint_path(artifact_dir, job_id).unlink(missing_ok=True)
+    url = _remote_url()
+    if url is None:
+        return
+    fs, remote = _remote_job_dir(url, job_id)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(f"{remote}/{CHECKPOINT_FILE}")  # type: ignore[attr-defined]
 
 
 def fetch_remote(artifact_dir: Path, job_id: int) -> bool:

@@ -110,5 +110,5 @@ def cancel_job(job_id: JobId, request: Request, session: SessionDep) -> JobPubli
         # A job queued to resume kept its last checkpoint (AlexNet's: 178 MiB); nothing will
         # resume it now. (A running job's worker removes its own.)
         artifact_dir = request.app.state.settings.resolved_artifact_dir
-        artifacts.checkpoint_path(artifact_dir, job_id).unlink(missing_ok=True)
+        artifacts.remove_checkpoint(artifact_dir, job_id)
     return JobPublic.from_job(job)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from service.training.config import TrainConfig
-from service.training.loop import TrainResult, train
+from service.training.loop import SaveCheckpoint, TrainResult, train
 from service.training.steps import EpochMetrics, Shard
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ def train_data_parallel(
     on_epoch: Callable[[EpochMetrics], None],
     should_stop: Callable[[], bool],
     checkpoint_path: Path | None = None,
+    save_checkpoint_fn: SaveCheckpoint | None = None,
 ) -> TrainResult:
     """Train on len(devices) processes; raises like `train` (cancelled, diverged, …)."""
     import torch.distributed as dist
@@ -160,6 +161,7 @@ def train_data_parallel(
                 should_stop=should_stop,
                 checkpoint_path=checkpoint_path,
                 shard=Shard(0, world_size, torch.device(devices[0])),
+                save_checkpoint_fn=save_checkpoint_fn,  # rank 0 alone writes checkpoints
             )
         finally:
             dist.destroy_process_group()

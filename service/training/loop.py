@@ -197,6 +197,10 @@ def _same_config(state: dict[str, Any], config: TrainConfig) -> bool:
         return False
 
 
+# Writes one epoch's checkpoint state to a path (on the CheckpointWriter's thread).
+SaveCheckpoint = Callable[[Path, dict[str, Any]], None]
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """torch.save to a temp file in the same directory, fsync, atomic rename."""
     path = Path(path)
@@ -352,6 +356,7 @@ def train(
     should_stop: Callable[[], bool] = _never_stop,
     checkpoint_path: Path | None = None,
     shard: Shard | None = None,
+    save_checkpoint_fn: SaveCheckpoint | None = None,
 ) -> TrainResult:
     """Train ``config.model`` on ``config.dataset``; see the module docstring.
 
@@ -376,6 +381,7 @@ def train(
         should_stop=should_stop,
         checkpoint_path=checkpoint_path,
         shard=shard,
+        save_checkpoint_fn=save_checkpoint_fn,
     )
 
 
@@ -396,10 +402,12 @@ def fit(
     should_stop: Callable[[], bool] = _never_stop,
     checkpoint_path: Path | None = None,
     shard: Shard | None = None,
+    save_checkpoint_fn: SaveCheckpoint | None = None,
 ) -> TrainResult:
     """Train a fresh network on ``splits`` for ``config.epochs``; the test split (which may be
     empty) is evaluated once at the end. With a shard, this is one rank of a data-parallel run:
-    only rank 0 reports epochs and writes checkpoints."""
+    only rank 0 reports epochs and writes checkpoints, with ``save_checkpoint_fn`` (default
+    ``save_checkpoint``; the worker's also shares the file with other machines)."""
     _check(config)
     device = torch.device(device)
     train_x = splits.train_images.to(device)
@@ -441,7 +449,7 @@ def fit(
     eval_batch = max(config.batch_size, EVAL_BATCH_MIN)
     writer = None  # the next epoch trains while the last one's checkpoint is written
     if checkpoint_path is not None and lead:
-        writer = CheckpointWriter(checkpoint_path, save_checkpoint)
+        writer = CheckpointWriter(checkpoint_path, save_checkpoint_fn or save_checkpoint)
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             trained = train_epoch(

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from sqlalchemy import Engine
 
-from service import queue
+from service import artifacts, queue
 from service.artifacts import ModelDescription, checkpoint_path, save_trained_model
 from service.config import Settings
 from service.tables import JobStatus
@@ -34,7 +34,13 @@ from service.training.data import DatasetError
 from service.training.diagnosis import diagnose_epochs
 from service.training.distributed import job_devices, train_data_parallel
 from service.training.kfold import cross_validate
-from service.training.loop import EpochMetrics, TrainingCancelled, TrainingDiverged, train
+from service.training.loop import (
+    EpochMetrics,
+    TrainingCancelled,
+    TrainingDiverged,
+    save_checkpoint,
+    train,
+)
 from service.training.lr_find import find_lr
 from service.training.regression import train_regression
 from service.worker.retry import DatabaseRetry, DatabaseUnavailable, is_database_error
@@ -90,7 +96,7 @@ def execute_job(
         except DatabaseUnavailable as exc:
             return database_lost(exc)
         if written:
-            _remove(ckpt)
+            artifacts.remove_checkpoint(artifact_dir, job_id)
             return Outcome.FINISHED
         log.warning("job %s: lease lost before it could be marked %s", job_id, status.value)
         return Outcome.LEASE_LOST
@@ -120,6 +126,11 @@ def execute_job(
         if not written:
             lost.set()
 
+    def save_and_share(path: Path, state: dict[str, Any]) -> None:
+        # With TRAINSERVE_ARTIFACT_URL, another machine that takes the job over resumes from it.
+        save_checkpoint(path, state)
+        artifacts.push_checkpoint(artifact_dir, job_id)
+
     datasets_dir = artifact_dir / "datasets"
     common: dict[str, Any] = {
         "device": device,
@@ -141,6 +152,7 @@ def execute_job(
             final = fitted.metrics()
             result = {**fitted.report, "diagnosis": diagnose_epochs(fitted.epochs)}
         else:
+            artifacts.fetch_checkpoint(artifact_dir, job_id)  # a run on another machine's
             if config.devices > 1:
                 trained = train_data_parallel(
                     config,
@@ -150,6 +162,7 @@ def execute_job(
                     on_epoch=on_epoch,
                     should_stop=should_stop,
                     checkpoint_path=ckpt,
+                    save_checkpoint_fn=save_and_share,
                 )
             else:
                 trained = train(
@@ -157,6 +170,7 @@ def execute_job(
                     data_dir=settings.data_dir,
                     on_epoch=on_epoch,
                     checkpoint_path=ckpt,
+                    save_checkpoint_fn=save_and_share,
                     **common,
                 )
             final = trained.metrics()
@@ -221,7 +235,3 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
-
-
-def _remove(path: Path) -> None:
-    path.unlink(missing_ok=True)

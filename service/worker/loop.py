@@ -12,7 +12,7 @@ import uuid
 from multiprocessing.process import BaseProcess
 
 from service import queue
-from service.artifacts import checkpoint_path
+from service.artifacts import remove_checkpoint
 from service.config import Settings
 from service.db import make_engine
 from service.tables import JobStatus
@@ -217,7 +217,6 @@ class Worker:
     ) -> None:
         job_id, token = claimed.id, claimed.token
         retry = DatabaseRetry(patience_seconds=keeper.seconds_left())
-        ckpt = checkpoint_path(self.artifact_dir, job_id)
         if keeper.cancelled.is_set():
             if retry(
                 queue.finish_job,
@@ -227,13 +226,13 @@ class Worker:
                 JobStatus.CANCELLED,
                 error="cancelled by request",
             ):
-                ckpt.unlink(missing_ok=True)
+                remove_checkpoint(self.artifact_dir, job_id)
         elif exitcode == Outcome.STOPPED or self.stopping.is_set() or self._parent_gone():
             status = retry(queue.release_job, self.engine, job_id, token)
             if status == JobStatus.QUEUED.value:  # resumes from its checkpoint
                 log.info("worker %s: job %s requeued for shutdown", self.name, job_id)
             elif status is not None:  # a cancel it had not seen yet: nothing will resume it
-                ckpt.unlink(missing_ok=True)
+                remove_checkpoint(self.artifact_dir, job_id)
         else:
             reason = _describe_exit(exitcode)
             log.error("job %s: %s", job_id, reason)
@@ -246,7 +245,7 @@ class Worker:
                 backoff_seconds=self.settings.retry_backoff_seconds,
             )
             if status not in (None, JobStatus.QUEUED.value):  # failed or cancelled for good
-                ckpt.unlink(missing_ok=True)
+                remove_checkpoint(self.artifact_dir, job_id)
 
 
 def _describe_exit(exitcode: int | None) -> str:

@@ -46,3 +46,45 @@ def test_remote_copy_reaches_another_machine(
     assert (artifacts.job_dir(api_dir, 7) / artifacts.DESCRIPTION_FILE).is_file()
     with pytest.raises(FileNotFoundError):
         load_trained_model(api_dir, 8)
+
+
+def test_a_checkpoint_shared_through_the_url_resumes_on_another_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job stopped on one worker resumes on a worker with another disk, not from epoch 1."""
+    from service.training.config import TrainConfig
+    from service.training.loop import TrainingCancelled, save_checkpoint, train
+
+    monkeypatch.setenv("TRAINSERVE_ARTIFACT_URL", f"file://{tmp_path / 'remote'}")
+    config = TrainConfig(model="softmax", dataset="synthetic", epochs=3, lr=0.1, seed=3)
+    first, second = tmp_path / "first", tmp_path / "second"
+
+    def share_from(artifact_dir: Path):
+        def save_and_share(path: Path, state: dict) -> None:
+            save_checkpoint(path, state)
+            artifacts.push_checkpoint(artifact_dir, 5)
+
+        return save_and_share
+
+    done: list[int] = []
+    with pytest.raises(TrainingCancelled):  # the first worker stops after epoch 2
+        train(
+            config,
+            checkpoint_path=artifacts.checkpoint_path(first, 5),
+            save_checkpoint_fn=share_from(first),
+            on_epoch=lambda m: done.append(m.epoch),
+            should_stop=lambda: len(done) >= 2,
+        )
+    assert not artifacts.checkpoint_path(second, 5).exists()
+    assert artifacts.fetch_checkpoint(second, 5)
+    resumed: list[int] = []
+    result = train(
+        config,
+        checkpoint_path=artifacts.checkpoint_path(second, 5),
+        on_epoch=lambda m: resumed.append(m.epoch),
+    )
+    assert resumed == [3] and [m.epoch for m in result.epochs] == [1, 2, 3]
+
+    artifacts.remove_checkpoint(second, 5)  # the job ended: nothing will resume it
+    assert not artifacts.checkpoint_path(second, 5).exists()
+    assert not artifacts.fetch_checkpoint(tmp_path / "third", 5)
