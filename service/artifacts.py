@@ -138,16 +138,11 @@ def fetch_checkpoint(artifact_dir: Path, job_id: int) -> bool:
     local = checkpoint_path(artifact_dir, job_id)
     if local.is_file():
         return True
-    url = _remote_url()
-    if url is None:
+    files = _download(job_id, (CHECKPOINT_FILE,))
+    if files is None:
         return False
-    fs, remote = _remote_job_dir(url, job_id)
-    try:
-        data = fs.cat_file(f"{remote}/{CHECKPOINT_FILE}")  # type: ignore[attr-defined]
-    except FileNotFoundError:
-        return False
-    atomic_write_bytes(local, data)
-    log.info("fetched the checkpoint of job %s from %s", job_id, url)
+    atomic_write_bytes(local, files[CHECKPOINT_FILE])
+    log.info("fetched the checkpoint of job %s from %s", job_id, _remote_url())
     return True
 
 
@@ -167,18 +162,25 @@ def fetch_remote(artifact_dir: Path, job_id: int) -> bool:
     local = job_dir(artifact_dir, job_id)
     if (local / DESCRIPTION_FILE).is_file() and (local / WEIGHTS_FILE).is_file():
         return True
-    url = _remote_url()
-    if url is None:
-        return False
-    fs, remote = _remote_job_dir(url, job_id)
-    try:
-        files = {name: fs.cat_file(f"{remote}/{name}") for name in (WEIGHTS_FILE, DESCRIPTION_FILE)}  # type: ignore[attr-defined]
-    except FileNotFoundError:
+    files = _download(job_id, (WEIGHTS_FILE, DESCRIPTION_FILE))
+    if files is None:
         return False
     for name in (WEIGHTS_FILE, DESCRIPTION_FILE):  # the description last marks it complete
         atomic_write_bytes(local / name, files[name])
-    log.info("fetched model %s from %s", job_id, url)
+    log.info("fetched model %s from %s", job_id, _remote_url())
     return True
+
+
+def _download(job_id: int, names: tuple[str, ...]) -> dict[str, bytes] | None:
+    """The named files of a job at TRAINSERVE_ARTIFACT_URL; None without a URL or a file."""
+    url = _remote_url()
+    if url is None:
+        return None
+    fs, remote = _remote_job_dir(url, job_id)
+    try:
+        return {name: fs.cat_file(f"{remote}/{name}") for name in names}  # type: ignore[attr-defined]
+    except FileNotFoundError:
+        return None
 
 
 def read_description(artifact_dir: Path, job_id: int) -> ModelDescription:
