@@ -41,9 +41,18 @@ def _serve(args: argparse.Namespace) -> int:
     from service.worker import WorkerPool, default_worker_devices
 
     overrides = {"host": args.host, "port": args.port, "workers": args.workers}
+    given = {k: v for k, v in overrides.items() if v is not None}
     # Built anew rather than model_copy(update=...), which would skip validation: --port 99999
     # must stop here as TRAINSERVE_PORT=99999 does, not listen on 99999 mod 65536.
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = Settings(**given)
+    except ValidationError as exc:
+        bad_options = [e for e in exc.errors() if e["loc"] and e["loc"][0] in given]
+        if not bad_options:
+            raise  # a TRAINSERVE_* variable: main() names it
+        raise SettingError(
+            "; ".join(f"--{e['loc'][0]} {given[e['loc'][0]]}: {e['msg']}" for e in bad_options)
+        ) from None
     check_inference_device(settings.inference_device)  # before migrating and starting workers
     migrate(settings)
     pool = WorkerPool(settings, default_worker_devices(settings.workers, settings.slots_per_gpu))

@@ -136,14 +136,19 @@ def _begin_write(session: Session) -> None:
     session.info[WRITER_TRANSACTION] = session.get_transaction()
 
 
+def _stamp(session: Session) -> ColumnElement[Any]:
+    """created_at: the database clock to the millisecond, as started_at and finished_at have.
+    The columns' CURRENT_TIMESTAMP default has whole seconds on SQLite, which lose the order of
+    quick submits and put a sweep after its own jobs."""
+    return db_now(session.get_bind().dialect.name)
+
+
 def _new_job(
     session: Session, config: dict[str, Any], priority: int, max_attempts: int, **extra: Any
 ) -> Job:
     """A queued job row, not yet added to a session."""
     return Job(
-        # The database clock to the millisecond, as started_at and finished_at: SQLite's
-        # CURRENT_TIMESTAMP default has whole seconds, which lose the order of quick submits.
-        created_at=db_now(session.get_bind().dialect.name),
+        created_at=_stamp(session),
         status=JobStatus.QUEUED.value,
         model=config["model"],
         kind=config.get("kind", JobKind.TRAIN.value),
@@ -604,7 +609,7 @@ def create_sweep(
 ) -> tuple[Sweep, list[Job]]:
     """Insert the sweep and one queued job per config, all in one transaction."""
     _begin_write(session)
-    sweep = Sweep(base=base, grid=grid)
+    sweep = Sweep(base=base, grid=grid, created_at=_stamp(session))
     session.add(sweep)
     session.flush()  # the sweep's id, for its jobs
     jobs = [

@@ -42,6 +42,12 @@ def submit_job(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JobPublic:
     """Queue a job (train, lr_find or kfold); a worker picks it up by priority, then age."""
+    if idempotency_key is not None:
+        # Whitespace around a header value is not part of it (RFC 9110): "kx " is the key "kx",
+        # or a retry that picked up a trailing space would create a second job.
+        idempotency_key = idempotency_key.strip()
+        if not idempotency_key:
+            raise InvalidRequest.for_fields([("Idempotency-Key", "must not be blank")])
     config, problems = body.resolve(datasets_store.stored_facts(session, body.dataset))
     if problems:
         raise InvalidRequest.for_fields(problems)

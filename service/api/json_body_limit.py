@@ -46,7 +46,7 @@ class JsonBodyLimit:
                 size += len(message.get("body", b""))
                 if size > self.limit:
                     # Raised inside FastAPI's body read; errors.py answers it as itself.
-                    raise PayloadTooLarge(self._reason("the body is over it"))
+                    raise PayloadTooLarge(self._reason(f"the body passed {self.limit} bytes"))
             return message
 
         await self.app(scope, limited_receive, send)

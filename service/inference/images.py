@@ -77,7 +77,7 @@ def _to_gray(im: Image.Image, field: str, *, sixteen_bit: bool) -> np.ndarray:
     if mode == "I":
         return _pixel_values_of_32bit(np.asarray(im), field)
     if mode == "F":
-        return np.clip(np.rint(np.asarray(im, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return _pixel_values_of_float(np.asarray(im, dtype=np.float64), field)
     if mode in ("RGBA", "LA", "RGBa", "La"):
         if mode in ("RGBa", "La"):  # premultiplied: undo first so the arithmetic below holds
             im = im.convert("RGBA" if mode == "RGBa" else "LA")
@@ -137,6 +137,19 @@ def _pixel_values_of_32bit(values: np.ndarray, field: str) -> np.ndarray:
             "(save it with 8- or 16-bit samples instead)",
         )
     return values.astype(np.uint8)
+
+
+def _pixel_values_of_float(values: np.ndarray, field: str) -> np.ndarray:
+    # As a float .npy is read: 0-255 pixel values, NaN and out-of-range refused, not clipped
+    # (a clipped 1000 or a NaN made 0 would answer for another image than the one sent).
+    if not np.isfinite(values).all():
+        raise InvalidInput(field, "a floating-point image holds NaN or infinite values")
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > 255:
+        raise InvalidInput(
+            field, f"a floating-point image must hold pixel values 0–255, got {low:g} to {high:g}"
+        )
+    return np.rint(values).astype(np.uint8)
 
 
 def _describe(exc: BaseException) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -289,6 +291,26 @@ def test_idempotency_key_reused_for_another_body_is_422(client: httpx.Client) ->
     # An empty key is no key to share between clients: refused, not stored.
     empty = client.post("/jobs", json=body, headers={"Idempotency-Key": ""})
     assert assert_error(empty, 422)["fields"][0]["field"] == "Idempotency-Key"
+    # Whitespace around the value is not part of the key (httpx will not send it: raw HTTP).
+    status, answer = _raw_post(client, "/jobs", body, "Idempotency-Key: bad-input-reuse \t")
+    assert status == 201 and answer["id"] == first.json()["id"]
+    status, answer = _raw_post(client, "/jobs", body, "Idempotency-Key:  \t ")
+    assert status == 422 and answer["error"]["fields"][0]["field"] == "Idempotency-Key"
+
+
+def _raw_post(client: httpx.Client, path: str, body: dict, header: str) -> tuple[int, dict]:
+    """POST with a header line exactly as given, which httpx would refuse to send."""
+    url = client.base_url
+    data = json.dumps(body).encode()
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: {url.host}\r\ncontent-type: application/json\r\n"
+        f"{header}\r\ncontent-length: {len(data)}\r\nconnection: close\r\n\r\n"
+    ).encode() + data
+    with socket.create_connection((url.host, url.port), timeout=30) as sock:
+        sock.sendall(request)
+        reply = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload)
 
 
 def test_job_and_sweep_bodies_must_be_json(client: httpx.Client) -> None:

@@ -81,7 +81,9 @@ def test_a_worker_on_a_device_it_cannot_use_does_not_start(
 
 def test_serve_options_are_validated_like_the_variables(fresh_settings: Path, capsys) -> None:
     assert main(["serve", "--port", "99999"]) == 2
-    assert "TRAINSERVE_PORT" in capsys.readouterr().err
+    assert "--port 99999: Input should be less than or equal to 65535" in capsys.readouterr().err
+    assert main(["serve", "--workers", "-1"]) == 2
+    assert "--workers -1" in capsys.readouterr().err
     assert not (fresh_settings / "trainserve.db").exists()
 
 

@@ -82,6 +82,19 @@ def test_32bit_integer_tiff_outside_0_255_is_refused() -> None:
     assert info.value.field == "files[2]" and "0 to 65535" in info.value.reason
 
 
+def test_float_tiff_holds_pixel_values_and_nothing_else() -> None:
+    pixels = _pixels(1)[0]
+    tiff = _encode(Image.fromarray(pixels.astype(np.float32)), "TIFF")
+    assert Image.open(io.BytesIO(tiff)).mode == "F"
+    np.testing.assert_array_equal(decode_image(tiff, "files[0]"), pixels)
+    for bad, words in ((1000.0, "0–255"), (-5.0, "0–255"), (np.nan, "NaN")):
+        values = pixels.astype(np.float32)
+        values[3, 4] = bad
+        with pytest.raises(InvalidInput) as info:  # not clipped into another image
+            decode_image(_encode(Image.fromarray(values), "TIFF"), "files[1]")
+        assert info.value.field == "files[1]" and words in info.value.reason
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF", "PPM"])
 def test_16bit_files_are_still_scaled_by_257(fmt: str) -> None:
     pixels = _pixels(1)[0]

@@ -243,6 +243,16 @@ def test_created_at_keeps_the_order_of_quick_submits(db: Db) -> None:
     assert "." in str(raw)  # a fraction of a second is stored, on SQLite and PostgreSQL
 
 
+def test_a_sweep_is_stamped_no_later_than_its_jobs(db: Db) -> None:
+    with db.sessions() as session:
+        sweep, jobs = queue.create_sweep(
+            session, base={"model": "lenet"}, grid={"seed": [1, 2]}, configs=[CONFIG, CONFIG]
+        )
+        assert utc(sweep.created_at) <= min(utc(j.created_at) for j in jobs)
+        raw = session.scalar(text("SELECT created_at FROM sweeps WHERE id = :id"), {"id": sweep.id})
+    assert "." in str(raw)
+
+
 def test_times_are_shown_in_one_shape() -> None:
     shown = _iso(datetime(2026, 11, 27, 8, 0, 0))  # naive: the database's UTC
     assert shown == "2026-11-27T08:00:00.000+00:00"
