@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from service.inference.errors import InvalidInput
+from service.inference.errors import InvalidInput, OverPixelBudget
 from service.inference.images import decode_image
 from service.training.data import DatasetError, parse_idx
 
@@ -331,18 +331,27 @@ def parse_idx_pair(images_raw: bytes, labels_raw: bytes, max_bytes: int) -> Pars
     )
 
 
-def _decode_member(data: bytes, side: int, name: str) -> np.ndarray:
+def _decode_member(data: bytes, side: int, name: str, pixels_left: int) -> tuple[np.ndarray, int]:
     """One image file as the predict path decodes an upload, resized to side x side.
 
     The same decoder keeps training and serving pixels alike (16-bit scaled, transparency on
     black, EXIF orientation applied) and keeps EPS, which runs Ghostscript, away from user bytes.
+    Returns the resized image and how many pixels the file held; ``pixels_left`` is what the
+    upload may still decode before resizing (see _decode_into_split).
     """
     try:
-        gray = decode_image(data, name)
+        gray = decode_image(data, name, pixels_left=pixels_left)
+    except OverPixelBudget:
+        raise UploadError(
+            "file",
+            f"{name}: the zip's images hold too many pixels before resizing; in all they may "
+            f"hold {DECOMPRESSED_FACTOR} x the upload limit in pixels, and this one passes what "
+            f"is left ({pixels_left}): send smaller images or fewer of them",
+        ) from None
     except InvalidInput as exc:
         raise UploadError("file", f"{name}: {exc.reason}") from None
     resized = Image.fromarray(gray).resize((side, side), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8)
+    return np.asarray(resized, dtype=np.uint8), gray.size
 
 
 def _class_folder_depth(paths: list[list[str]]) -> int:
@@ -421,6 +430,7 @@ def _decode_into_split(
     members: list[tuple[zipfile.ZipInfo, list[str]]],
     side: int,
     split: tuple[np.ndarray, np.ndarray],
+    max_bytes: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) images of the held-out split, each image decoded straight into its slot.
 
@@ -432,9 +442,13 @@ def _decode_into_split(
     # Member i goes where held_out_split puts example i: a view into train or test.
     slot_of = {int(i): train[k] for k, i in enumerate(train_idx)}
     slot_of |= {int(i): test[k] for k, i in enumerate(test_idx)}
+    # Decoding time follows the images' own pixels, not the zip's size: a blank 4096 x 4096 PNG
+    # is 16 KB. Bounded like the decoded bytes (read from each header, before decoding).
+    pixels_left = DECOMPRESSED_FACTOR * max_bytes
     for i, (info, parts) in enumerate(members):
         data = _read_member(archive, info, MAX_IMAGE_FILE_BYTES, "file")
-        slot_of[i][...] = _decode_member(data, side, "/".join(parts)[:100])
+        slot_of[i][...], pixels = _decode_member(data, side, "/".join(parts)[:100], pixels_left)
+        pixels_left -= pixels
     return train, test
 
 
@@ -457,7 +471,9 @@ def parse_zip_folders(raw: bytes, max_bytes: int, image_side: int = 28) -> Parse
             raise UploadError("file", f"need at least {MIN_EXAMPLES} images, got {len(members)}")
         _check_decoded_size(len(members), image_side, max_bytes)
         train_idx, test_idx = held_out_split(len(members))
-        train, test = _decode_into_split(archive, members, image_side, (train_idx, test_idx))
+        train, test = _decode_into_split(
+            archive, members, image_side, (train_idx, test_idx), max_bytes
+        )
     return _image_dataset(
         "zip", train, labels[train_idx], test=(test, labels[test_idx]), class_names=names
     )

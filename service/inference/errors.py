@@ -19,6 +19,11 @@ class InvalidInput(ValueError):
         return (type(self), (self.field, self.reason))
 
 
+class OverPixelBudget(InvalidInput):
+    """An image whose pixels (read from its header) would pass what its caller has left to
+    decode: the predict request's budget, or an uploaded dataset's."""
+
+
 class ModelNotAvailable(LookupError):
     """The job has no complete trained model on disk (missing or unreadable files)."""
 

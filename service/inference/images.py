@@ -20,7 +20,7 @@ import io
 import numpy as np
 from PIL import Image, ImageOps
 
-from service.inference.errors import InvalidInput
+from service.inference.errors import InvalidInput, OverPixelBudget
 
 MAX_SIDE = 4096  # pixels per side; also bounds the pixel count at 16.7 Mpx
 MAX_PIXELS = MAX_SIDE * MAX_SIDE
@@ -37,10 +37,10 @@ def _allowed_formats() -> list[str]:
     return [f for f in Image.ID if f not in _EXCLUDED_FORMATS]
 
 
-def over_request_budget(field: str, shape: str) -> InvalidInput:
+def over_request_budget(field: str, shape: str) -> OverPixelBudget:
     """The error for an upload that would take its request past MAX_REQUEST_PIXELS."""
     full = MAX_REQUEST_PIXELS // MAX_PIXELS
-    return InvalidInput(
+    return OverPixelBudget(
         field,
         f"{shape} pixels would take the request past {MAX_REQUEST_PIXELS} decoded pixels in "
         f"all (that is {full} images of {MAX_SIDE}×{MAX_SIDE}); send the rest in another request",
@@ -114,6 +114,7 @@ def decode_image(data: bytes, field: str, *, pixels_left: int | None = None) -> 
                 f"image too large: {width}×{height} pixels, at most {MAX_SIDE}×{MAX_SIDE}",
             )
         if pixels_left is not None and width * height > pixels_left:
+            # Predict's message; another caller (a dataset upload) catches OverPixelBudget.
             raise over_request_budget(field, f"{width}×{height}")
         try:
             im.seek(0)  # animated images: the first frame

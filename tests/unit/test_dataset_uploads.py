@@ -226,6 +226,15 @@ def every_image(parsed) -> np.ndarray:
     return np.concatenate([parsed.arrays["train_images"], parsed.arrays["test_images"]])
 
 
+def test_zip_source_pixels_are_bounded_before_each_decode() -> None:
+    """Decoding time follows the images' own pixels: 12 blank 400x400 PNGs zip to a few KB but
+    hold 1.92 Mpx, over the 4 x 100,000 that a 100 KB upload may decode."""
+    big = zip_of(png(0, size=(400, 400)))
+    assert len(big) < 20_000
+    refused("file", "too many pixels before resizing", parse_zip_folders, big, 100_000)
+    assert parse_zip_folders(big, 1_000_000).train_examples == 10  # 4 Mpx may be decoded
+
+
 def test_zip_decoded_size_is_bounded_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     """12 1x1 PNGs are under 1 KB zipped; at 64 px a side they decode to 49,152 bytes."""
     tiny = zip_of(png(1, size=(1, 1)))
