@@ -9,6 +9,7 @@ import anyio
 from fastapi import FastAPI
 
 from service.api import catalog, datasets, health, jobs, sweeps, trained_models, v2
+from service.api.head_requests import HeadAsGet
 from service.api.json_body_limit import JsonBodyLimit
 from service.config import Settings, check_inference_device, get_settings
 from service.db import make_engine, make_session_factory
@@ -62,6 +63,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(JsonBodyLimit)
+    app.add_middleware(HeadAsGet)
     app.include_router(health.router)
     app.include_router(catalog.router)
     app.include_router(jobs.router)

@@ -11,7 +11,6 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-@router.head("/health", include_in_schema=False)  # load balancers and uptime checks probe so
 def health(request: Request, session: SessionDep) -> dict[str, object]:
     """The service is up and its database answers."""
     session.execute(text("SELECT 1"))

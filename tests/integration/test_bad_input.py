@@ -184,6 +184,14 @@ def test_health_answers_get_and_head(client: httpx.Client) -> None:
     assert head.status_code == 200 and head.content == b""
 
 
+def test_every_get_answers_head_with_the_headers_only(client: httpx.Client) -> None:
+    for path, status in (("/catalog", 200), ("/jobs", 200), ("/jobs/999999", 404)):
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == get.status_code == status
+        assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
+    assert client.head("/no-such-path").status_code == 404
+
+
 def test_unknown_ids_are_404(client: httpx.Client) -> None:
     for path in ("/jobs/999999", "/jobs/999999/metrics", "/models/999999"):
         assert_error(client.get(path), 404)
@@ -349,8 +357,8 @@ def test_oversized_job_and_sweep_bodies_are_413(client: httpx.Client) -> None:
 
 def test_405_names_every_method_of_the_resource(client: httpx.Client) -> None:
     for method, path, allowed in (
-        ("DELETE", "/jobs", {"GET", "POST"}),
-        ("PUT", "/sweeps", {"GET", "POST"}),
+        ("DELETE", "/jobs", {"GET", "HEAD", "POST"}),
+        ("PUT", "/sweeps", {"GET", "HEAD", "POST"}),
         ("POST", "/health", {"GET", "HEAD"}),
     ):
         response = client.request(method, path)
