@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request, status
+from fastapi import APIRouter, Depends, Header, Query, Request, status
 
 from service import artifacts, datasets_store, queue
 from service.api.bodies import require_json
@@ -22,6 +22,7 @@ from service.schemas import (
 from service.tables import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+STATUSES = tuple(s.value for s in JobStatus)
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "No job with that id"}}
 
 
@@ -69,14 +70,16 @@ def submit_job(
 @router.get("", response_model=JobsPublic)
 def list_jobs(
     session: SessionDep,
-    status: JobStatus | None = None,
+    status: Annotated[str | None, Query(description=f"{STATUSES}; empty: every status")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> JobsPublic:
     """Jobs, newest first."""
-    jobs, count = queue.list_jobs(
-        session, status=status.value if status else None, limit=limit, offset=offset
-    )
+    # Empty, like no parameter, means every status: ?status=&limit=10 reads as "no filter".
+    if status and status not in STATUSES:
+        reason = f"must be one of {', '.join(STATUSES)} (or empty: every status), not {status!r}"
+        raise InvalidRequest.for_fields([("status", reason)])
+    jobs, count = queue.list_jobs(session, status=status or None, limit=limit, offset=offset)
     return JobsPublic(data=[JobPublic.from_job(j) for j in jobs], count=count)
 
 
