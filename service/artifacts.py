@@ -16,13 +16,15 @@ over; it is deleted there with the local one. The local directory stays the work
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -30,6 +32,8 @@ from safetensors.torch import load_file, save_file
 import models
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 WEIGHTS_FILE = "model.safetensors"
 DESCRIPTION_FILE = "model.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -119,6 +123,25 @@ def push_remote(artifact_dir: Path, job_id: int) -> None:
         fs.pipe_file(f"{remote}/{name}", (local / name).read_bytes())  # type: ignore[attr-defined]
 
 
+def _best_effort(what: str) -> Callable[[Callable[P, R]], Callable[P, R | None]]:
+    """A remote checkpoint is a convenience (resuming on another machine), not the job: a
+    store that fails is logged, and the job goes on as if no URL were set."""
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R | None]:
+        @functools.wraps(fn)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R | None:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # any fsspec backend's error
+                log.warning("could not %s at TRAINSERVE_ARTIFACT_URL: %s", what, exc)
+                return None
+
+        return guarded
+
+    return wrap
+
+
+@_best_effort("upload a checkpoint")
 def push_checkpoint(artifact_dir: Path, job_id: int) -> None:
     """Upload a job's latest checkpoint to TRAINSERVE_ARTIFACT_URL, if it is set."""
     url = _remote_url()
@@ -132,6 +155,7 @@ def push_checkpoint(artifact_dir: Path, job_id: int) -> None:
     fs.mv(f"{remote}/.{CHECKPOINT_FILE}.part", f"{remote}/{CHECKPOINT_FILE}")  # type: ignore[attr-defined]
 
 
+@_best_effort("fetch a checkpoint")
 def fetch_checkpoint(artifact_dir: Path, job_id: int) -> bool:
     """Download a job's checkpoint from TRAINSERVE_ARTIFACT_URL unless one is here already:
     the job ran on another machine before this one claimed it. False when there is none."""
@@ -149,6 +173,11 @@ def fetch_checkpoint(artifact_dir: Path, job_id: int) -> bool:
 def remove_checkpoint(artifact_dir: Path, job_id: int) -> None:
     """Delete a job's checkpoint here and at TRAINSERVE_ARTIFACT_URL: nothing will resume it."""
     checkpoint_path(artifact_dir, job_id).unlink(missing_ok=True)
+    _remove_remote_checkpoint(job_id)
+
+
+@_best_effort("delete a checkpoint")
+def _remove_remote_checkpoint(job_id: int) -> None:
     url = _remote_url()
     if url is None:
         return

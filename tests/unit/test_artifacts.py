@@ -88,3 +88,18 @@ def test_a_checkpoint_shared_through_the_url_resumes_on_another_machine(
     artifacts.remove_checkpoint(second, 5)  # the job ended: nothing will resume it
     assert not artifacts.checkpoint_path(second, 5).exists()
     assert not artifacts.fetch_checkpoint(tmp_path / "third", 5)
+
+
+def test_a_failing_checkpoint_store_does_not_stop_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Resuming on another machine is a convenience: an unusable store is logged, not raised."""
+    monkeypatch.setenv("TRAINSERVE_ARTIFACT_URL", "nosuchprotocol://bucket/trainserve")
+    local = artifacts.checkpoint_path(tmp_path, 9)
+    local.parent.mkdir(parents=True)
+    local.write_bytes(b"epoch 1")
+    artifacts.push_checkpoint(tmp_path, 9)
+    assert not artifacts.fetch_checkpoint(tmp_path / "elsewhere", 9)
+    artifacts.remove_checkpoint(tmp_path, 9)
+    assert not local.exists()
+    assert caplog.text.count("TRAINSERVE_ARTIFACT_URL") == 3
