@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from service.artifacts import atomic_write_bytes
 from service.dataset_uploads import ParsedDataset
-from service.queue import db_now
+from service.queue import created_now
 from service.tables import StoredDataset
 from service.training.data import STORED_FILE, is_stored_id, stored_dataset_dir
 
@@ -56,7 +56,7 @@ def save_dataset(
         atomic_write_bytes(directory / STORED_FILE, payload)
         row = StoredDataset(
             id=dataset_id,
-            created_at=db_now(session.get_bind().dialect.name),  # to the millisecond, as jobs
+            created_at=created_now(session),
             name=display_name(name, f"{parsed.format} upload"),
             kind=parsed.kind,
             format=parsed.format,

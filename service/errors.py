@@ -18,7 +18,7 @@ from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 DATABASE_RETRY_AFTER_SECONDS = 5
-HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")  # HEAD: wherever GET is
 
 
 class ApiError(Exception):
@@ -157,7 +157,7 @@ def _allowed_methods(request: Request) -> list[str]:
         scope = {**request.scope, "method": method}
         if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
             allowed.append(method)
-    if "GET" in allowed and "HEAD" not in allowed:
+    if "GET" in allowed:
         allowed.insert(1, "HEAD")  # api/head_requests.py answers HEAD for every GET
     return allowed
 

@@ -136,7 +136,7 @@ def _begin_write(session: Session) -> None:
     session.info[WRITER_TRANSACTION] = session.get_transaction()
 
 
-def _stamp(session: Session) -> ColumnElement[Any]:
+def created_now(session: Session) -> ColumnElement[Any]:
     """created_at: the database clock to the millisecond, as started_at and finished_at have.
     The columns' CURRENT_TIMESTAMP default has whole seconds on SQLite, which lose the order of
     quick submits and put a sweep after its own jobs."""
@@ -148,7 +148,7 @@ def _new_job(
 ) -> Job:
     """A queued job row, not yet added to a session."""
     return Job(
-        created_at=_stamp(session),
+        created_at=created_now(session),
         status=JobStatus.QUEUED.value,
         model=config["model"],
         kind=config.get("kind", JobKind.TRAIN.value),
@@ -609,7 +609,7 @@ def create_sweep(
 ) -> tuple[Sweep, list[Job]]:
     """Insert the sweep and one queued job per config, all in one transaction."""
     _begin_write(session)
-    sweep = Sweep(base=base, grid=grid, created_at=_stamp(session))
+    sweep = Sweep(base=base, grid=grid, created_at=created_now(session))
     session.add(sweep)
     session.flush()  # the sweep's id, for its jobs
     jobs = [

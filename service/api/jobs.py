@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, status
+from fastapi import APIRouter, Header, Query, Request, status
 
 from service import artifacts, datasets_store, queue
-from service.api.bodies import require_json
+from service.api.json_body_limit import JSON_BODY_ROUTE
 from service.api.params import JobId, Limit, Offset
 from service.db import SessionDep
 from service.errors import Conflict, InvalidRequest, NotFound
@@ -30,11 +30,7 @@ NOT_FOUND = {404: {"model": ErrorResponse, "description": "No job with that id"}
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobPublic,
-    dependencies=[Depends(require_json)],
-    responses={
-        413: {"model": ErrorResponse, "description": "Body over 1 MiB"},
-        415: {"model": ErrorResponse, "description": "Not JSON"},
-    },
+    **JSON_BODY_ROUTE,
 )
 def submit_job(
     body: JobCreate,

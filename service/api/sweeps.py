@@ -8,11 +8,11 @@ import math
 import random
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, status
+from fastapi import APIRouter, Path, Request, status
 from pydantic import ValidationError
 
 from service import datasets_store, queue
-from service.api.bodies import require_json
+from service.api.json_body_limit import JSON_BODY_ROUTE
 from service.api.params import Limit, Offset
 from service.db import SessionDep
 from service.errors import InvalidRequest, NotFound
@@ -129,11 +129,7 @@ def _resolve_points(body: SweepCreate, session: Any) -> list[TrainConfig]:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=SweepPublic,
-    dependencies=[Depends(require_json)],
-    responses={
-        413: {"model": ErrorResponse, "description": "Body over 1 MiB"},
-        415: {"model": ErrorResponse, "description": "Not JSON"},
-    },
+    **JSON_BODY_ROUTE,
 )
 def create_sweep(body: SweepCreate, request: Request, session: SessionDep) -> SweepPublic:
     """Validate every point of the grid, then queue one job per point in one transaction."""

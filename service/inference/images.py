@@ -75,9 +75,10 @@ def _to_gray(im: Image.Image, field: str, *, sixteen_bit: bool) -> np.ndarray:
         wide = np.asarray(im).astype(np.float64)
         return np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
     if mode == "I":
-        return _pixel_values_of_32bit(np.asarray(im), field)
+        hint = " (save it with 8- or 16-bit samples instead)"
+        return _pixel_values(np.asarray(im), field, "32-bit integer", hint)
     if mode == "F":
-        return _pixel_values_of_float(np.asarray(im, dtype=np.float64), field)
+        return _pixel_values(np.asarray(im, dtype=np.float64), field, "floating-point")
     if mode in ("RGBA", "LA", "RGBa", "La"):
         if mode in ("RGBa", "La"):  # premultiplied: undo first so the arithmetic below holds
             im = im.convert("RGBA" if mode == "RGBa" else "LA")
@@ -129,28 +130,20 @@ def decode_image(data: bytes, field: str, *, pixels_left: int | None = None) -> 
             raise InvalidInput(field, f"not an image Pillow can read ({_describe(exc)})") from None
 
 
-def _pixel_values_of_32bit(values: np.ndarray, field: str) -> np.ndarray:
-    low, high = int(values.min()), int(values.max())
+def _pixel_values(values: np.ndarray, field: str, what: str, hint: str = "") -> np.ndarray:
+    """A 32-bit integer or float image read as 0-255 pixel values, as a .npy array is: NaN or a
+    value out of range is refused, not clipped (the answer would be for another image)."""
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise InvalidInput(field, f"a {what} image holds NaN or infinite values")
+    low, high = values.min().item(), values.max().item()
     if low < 0 or high > 255:
+        shown = "g" if values.dtype.kind == "f" else "d"  # 16777215, not 1.67772e+07
         raise InvalidInput(
             field,
-            f"a 32-bit integer image must hold pixel values 0–255, got {low} to {high} "
-            "(save it with 8- or 16-bit samples instead)",
+            f"a {what} image must hold pixel values 0–255, got {low:{shown}} to {high:{shown}}"
+            f"{hint}",
         )
-    return values.astype(np.uint8)
-
-
-def _pixel_values_of_float(values: np.ndarray, field: str) -> np.ndarray:
-    # As a float .npy is read: 0-255 pixel values, NaN and out-of-range refused, not clipped
-    # (a clipped 1000 or a NaN made 0 would answer for another image than the one sent).
-    if not np.isfinite(values).all():
-        raise InvalidInput(field, "a floating-point image holds NaN or infinite values")
-    low, high = float(values.min()), float(values.max())
-    if low < 0 or high > 255:
-        raise InvalidInput(
-            field, f"a floating-point image must hold pixel values 0–255, got {low:g} to {high:g}"
-        )
-    return np.rint(values).astype(np.uint8)
+    return (np.rint(values) if values.dtype.kind == "f" else values).astype(np.uint8)
 
 
 def _describe(exc: BaseException) -> str:

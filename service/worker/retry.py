@@ -46,9 +46,7 @@ def is_database_error(exc: BaseException) -> bool:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, (DatabaseUnavailable, *_UNREACHABLE)):
-            return True
-        if isinstance(current, DBAPIError) and current.connection_invalidated:
+        if isinstance(current, DatabaseUnavailable) or _retryable(current):
             return True
         todo += [current.__cause__, current.__context__]
     return False
