@@ -57,11 +57,12 @@ class JobFinished(Exception):
 
 
 class IdempotencyKeyReused(Exception):
-    """The key already created a job from a different request."""
+    """The key already created a job (or a sweep) from a different request."""
 
-    def __init__(self, job: Job) -> None:
-        super().__init__(f"already used for a different request, which created job {job.id}")
-        self.job = job
+    def __init__(self, created: Job | Sweep) -> None:
+        what = "sweep" if isinstance(created, Sweep) else "job"
+        super().__init__(f"already used for a different request, which created {what} {created.id}")
+        self.created = created
 
 
 @dataclass(frozen=True)
@@ -606,18 +607,56 @@ def create_sweep(
     configs: Sequence[dict[str, Any]],
     priority: int = 0,
     max_attempts: int = 3,
+    idempotency_key: str | None = None,
 ) -> tuple[Sweep, list[Job]]:
-    """Insert the sweep and one queued job per config, all in one transaction."""
+    """Insert the sweep and one queued job per config, all in one transaction; the same
+    idempotency key returns the sweep it created first, with its jobs, and inserts nothing.
+
+    The request is its base and grid (a seed drawn for the points is in neither): a key reused
+    with another raises IdempotencyKeyReused, as submit_job does.
+    """
     _begin_write(session)
-    sweep = Sweep(base=base, grid=grid, created_at=created_now(session))
+    if idempotency_key is not None:
+        existing = _sweep_with_key(session, idempotency_key)
+        if existing is not None:
+            return _same_sweep(session, existing, base, grid)
+    sweep = Sweep(
+        base=base, grid=grid, created_at=created_now(session), idempotency_key=idempotency_key
+    )
     session.add(sweep)
-    session.flush()  # the sweep's id, for its jobs
-    jobs = [
-        _new_job(session, config, priority, max_attempts, sweep_id=sweep.id) for config in configs
-    ]
-    session.add_all(jobs)
-    session.commit()
+    try:
+        session.flush()  # the sweep's id, for its jobs; a concurrent twin's key fails here
+        jobs = [
+            _new_job(session, config, priority, max_attempts, sweep_id=sweep.id)
+            for config in configs
+        ]
+        session.add_all(jobs)
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same key won the insert: return its sweep.
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = _sweep_with_key(session, idempotency_key)
+        if existing is None:
+            raise
+        return _same_sweep(session, existing, base, grid)
     return sweep, jobs
+
+
+def _sweep_with_key(session: Session, idempotency_key: str) -> Sweep | None:
+    return session.scalars(select(Sweep).where(Sweep.idempotency_key == idempotency_key)).first()
+
+
+def _same_sweep(
+    session: Session, existing: Sweep, base: dict[str, Any], grid: dict[str, list[Any]]
+) -> tuple[Sweep, list[Job]]:
+    # The stored base and grid went through JSON: compare like with like.
+    asked = json.loads(json.dumps({"base": base, "grid": grid}))
+    if {"base": existing.base, "grid": existing.grid} != asked:
+        raise IdempotencyKeyReused(existing)
+    _, jobs = get_sweep(session, existing.id)
+    return existing, list(jobs)
 
 
 def get_sweep(session: Session, sweep_id: int) -> tuple[Sweep, Sequence[Job]]:

@@ -268,8 +268,9 @@ class JobCreate(BaseModel):
     def _json_types_as_written(cls, value: Any, info: ValidationInfo) -> Any:
         """Numbers and booleans as JSON writes them, not coerced from another type.
 
-        pydantic takes true as 1, "2" as 2 and "yes" as true; each is more likely a client's
-        mistake (a form value, a quoted number) than what it meant.
+        pydantic takes true as 1, "2" as 2, 256.0 as 256 and "yes" as true; each is more likely
+        a client's mistake (a form value, a quoted number, a computed float) than what it meant.
+        An integer field takes a JSON integer, as predict's mc_dropout does.
         """
         if info.field_name is None:
             return value
@@ -277,6 +278,8 @@ class JobCreate(BaseModel):
         types = {annotation, *get_args(annotation)}
         if types & {int, float} and isinstance(value, bool | str):
             raise ValueError(f"must be a number, not {json.dumps(value)}")
+        if int in types and float not in types and isinstance(value, float):
+            raise ValueError(f"must be an integer, not {json.dumps(value)}")
         if bool in types and not isinstance(value, bool):
             raise ValueError(f"must be true or false, not {json.dumps(value)}")
         return value

@@ -75,6 +75,7 @@ class Sweep(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     base: Mapped[dict[str, Any]] = mapped_column(JSON)  # the JobCreate fields every point shares
     grid: Mapped[dict[str, Any]] = mapped_column(JSON)  # field -> list of values
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.current_timestamp()
     )

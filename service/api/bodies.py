@@ -1,16 +1,19 @@
-"""Reading request bodies within a size limit."""
+"""Reading request bodies within a size limit, and JSON bodies with no key given twice."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import aclosing, suppress
+from typing import Any
 
 from fastapi import Request
 from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartParser
 
 from service.api.params import decimal_int
-from service.errors import PayloadTooLarge, UnsupportedMediaType
+from service.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 
 def refuse_declared_oversize(request: Request, limit: int) -> None:
@@ -54,11 +57,13 @@ async def read_form_limited(
         return await parser.parse()
 
 
-def require_json(request: Request) -> None:
-    """415 for a body sent as anything but JSON (curl's -d alone sends a form, say).
+async def require_json(request: Request) -> None:
+    """415 for a body sent as anything but JSON (curl's -d alone sends a form, say); 422 for a
+    JSON object that gives a key twice.
 
     Without a content type too: FastAPI would not parse the body, and its 422 ("Input should
-    be a valid dictionary") would not tell the user what to change.
+    be a valid dictionary") would not tell the user what to change. FastAPI has parsed the body
+    (a malformed one is its 422) before this runs; it is parsed once more for its keys.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
@@ -66,3 +71,58 @@ def require_json(request: Request) -> None:
             f"content type {content_type or '(none)'!r} is not accepted; send JSON with "
             "'content-type: application/json'"
         )
+    body = await request.body()  # read already, and kept, by FastAPI
+    if body:
+        with suppress(ValueError):  # not JSON after all: FastAPI's own 422 says so
+            parse_json(body)
+
+
+REPEATED = "given more than once in the body"
+
+
+class _Repeated(dict[str, Any]):
+    """A JSON object in which some keys were given more than once (the last value kept)."""
+
+    repeated: list[str]
+
+
+def _repeats(value: Any, path: str) -> list[tuple[str, str]]:
+    """(field, reason) for every key given twice in one object, at any depth: "epochs",
+    "base.epochs", "inputs[0].name"."""
+    found = []
+    if isinstance(value, _Repeated):
+        found += [(f"{path}.{k}" if path else k, REPEATED) for k in value.repeated]
+    if isinstance(value, dict):
+        children = [(f"{path}.{k}" if path else k, v) for k, v in value.items()]
+    else:
+        children = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    for where, item in children:
+        if isinstance(item, dict | list):
+            found += _repeats(item, where)
+    return found
+
+
+def parse_json(body: bytes | str) -> Any:
+    """``json.loads``, with a key given twice in one object refused: 422 naming it.
+
+    JSON does not forbid it and json.loads keeps the last value, silently, so
+    {"epochs": 1, "epochs": 200} would train whichever the client did not look at. Raises
+    ValueError (JSONDecodeError, UnicodeDecodeError) for a body that is not JSON.
+    """
+    repeated = False
+
+    def json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal repeated
+        obj = dict(pairs)
+        if len(obj) == len(pairs):
+            return obj
+        repeated = True
+        counts = Counter(k for k, _ in pairs)
+        marked = _Repeated(obj)
+        marked.repeated = [k for k in obj if counts[k] > 1]
+        return marked
+
+    value = json.loads(body, object_pairs_hook=json_object)
+    if repeated:  # only then walk the tree: an image as nested lists is thousands of them
+        raise InvalidRequest.for_fields(_repeats(value, ""))
+    return value

@@ -12,7 +12,7 @@ from starlette.requests import Request as StarletteRequest
 
 from service import dataset_uploads, datasets_store
 from service.api.bodies import read_limited
-from service.api.params import Limit, Offset
+from service.api.params import Limit, Offset, query_names
 from service.dataset_uploads import FORMATS, MAX_SIDE, ParsedDataset, UploadError
 from service.db import SessionDep
 from service.errors import InvalidRequest, NotFound, UnsupportedMediaType
@@ -183,7 +183,7 @@ async def upload_dataset(request: Request, session: SessionDep) -> DatasetPublic
     return DatasetPublic.from_row(row)
 
 
-@router.get("", response_model=DatasetsPublic)
+@router.get("", response_model=DatasetsPublic, dependencies=[query_names("limit", "offset")])
 def list_datasets(
     session: SessionDep,
     limit: Limit = 50,

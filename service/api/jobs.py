@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 
 from service import artifacts, datasets_store, queue
 from service.api.json_body_limit import JSON_BODY_ROUTE
-from service.api.params import JobId, Limit, Offset
+from service.api.params import (
+    IdempotencyKey,
+    JobId,
+    Limit,
+    Offset,
+    idempotency_key_of,
+    query_names,
+)
 from service.db import SessionDep
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.schemas import (
@@ -36,15 +43,10 @@ def submit_job(
     body: JobCreate,
     request: Request,
     session: SessionDep,
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
     """Queue a job (train, lr_find or kfold); a worker picks it up by priority, then age."""
-    if idempotency_key is not None:
-        # Whitespace around a header value is not part of it (RFC 9110): "kx " is the key "kx",
-        # or a retry that picked up a trailing space would create a second job.
-        idempotency_key = idempotency_key.strip()
-        if not idempotency_key:
-            raise InvalidRequest.for_fields([("Idempotency-Key", "must not be blank")])
+    key = idempotency_key_of(idempotency_key)
     config, problems = body.resolve(datasets_store.stored_facts(session, body.dataset))
     if problems:
         raise InvalidRequest.for_fields(problems)
@@ -54,7 +56,7 @@ def submit_job(
             config.to_dict(),
             priority=body.priority,
             max_attempts=request.app.state.settings.max_attempts,
-            idempotency_key=idempotency_key,
+            idempotency_key=key,
             drawn=frozenset({"seed"}) if body.seed is None else frozenset(),
         )
     except queue.IdempotencyKeyReused as exc:
@@ -63,7 +65,7 @@ def submit_job(
     return JobPublic.from_job(job)
 
 
-@router.get("", response_model=JobsPublic)
+@router.get("", response_model=JobsPublic, dependencies=[query_names("status", "limit", "offset")])
 def list_jobs(
     session: SessionDep,
     status: Annotated[str | None, Query(description=f"{STATUSES}; empty: every status")] = None,

@@ -6,14 +6,21 @@ import itertools
 import json
 import math
 import random
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Path, Request, status
+from fastapi import APIRouter, Request, status
 from pydantic import ValidationError
 
 from service import datasets_store, queue
 from service.api.json_body_limit import JSON_BODY_ROUTE
-from service.api.params import Limit, Offset
+from service.api.params import (
+    IdempotencyKey,
+    Limit,
+    Offset,
+    SweepId,
+    idempotency_key_of,
+    query_names,
+)
 from service.db import SessionDep
 from service.errors import InvalidRequest, NotFound
 from service.schemas import (
@@ -32,7 +39,6 @@ from service.tables import Job, JobStatus
 from service.training.config import TrainConfig
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
-SweepId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Sweep id")]
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "No sweep with that id"}}
 ORDER_CLASSIFICATION = "val_acc descending (unfinished points last)"
 ORDER_REGRESSION = "val_loss ascending (unfinished points last)"
@@ -131,18 +137,29 @@ def _resolve_points(body: SweepCreate, session: Any) -> list[TrainConfig]:
     response_model=SweepPublic,
     **JSON_BODY_ROUTE,
 )
-def create_sweep(body: SweepCreate, request: Request, session: SessionDep) -> SweepPublic:
+def create_sweep(
+    body: SweepCreate,
+    request: Request,
+    session: SessionDep,
+    idempotency_key: IdempotencyKey = None,
+) -> SweepPublic:
     """Validate every point of the grid, then queue one job per point in one transaction."""
+    key = idempotency_key_of(idempotency_key)
     configs = _resolve_points(body, session)
     priority = int(body.base.get("priority", 0))
-    sweep, _ = queue.create_sweep(
-        session,
-        base=body.base,
-        grid=body.grid,
-        configs=[c.to_dict() for c in configs],
-        priority=priority,
-        max_attempts=request.app.state.settings.max_attempts,
-    )
+    try:
+        sweep, _ = queue.create_sweep(
+            session,
+            base=body.base,
+            grid=body.grid,
+            configs=[c.to_dict() for c in configs],
+            priority=priority,
+            max_attempts=request.app.state.settings.max_attempts,
+            idempotency_key=key,
+        )
+    except queue.IdempotencyKeyReused as exc:
+        # As for POST /jobs (the IETF idempotency-key draft): another payload is a 422.
+        raise InvalidRequest.for_fields([("Idempotency-Key", str(exc))]) from exc
     return _sweep_public(session, sweep.id)
 
 
@@ -182,7 +199,7 @@ def _sweep_public(session: Any, sweep_id: int) -> SweepPublic:
     )
 
 
-@router.get("", response_model=SweepsPublic)
+@router.get("", response_model=SweepsPublic, dependencies=[query_names("limit", "offset")])
 def list_sweeps(
     session: SessionDep,
     limit: Limit = 50,

@@ -15,8 +15,20 @@ from starlette.datastructures import QueryParams, UploadFile
 from starlette.formparsers import MultiPartException
 
 from service import queue
-from service.api.bodies import read_form_limited, read_limited, refuse_declared_oversize
-from service.api.params import Limit, ModelId, Offset, decimal_int
+from service.api.bodies import (
+    parse_json,
+    read_form_limited,
+    read_limited,
+    refuse_declared_oversize,
+)
+from service.api.params import (
+    Limit,
+    ModelId,
+    Offset,
+    decimal_int,
+    query_names,
+    refuse_unknown_query,
+)
 from service.db import SessionDep
 from service.errors import (
     ApiError,
@@ -131,7 +143,7 @@ def _trained_job(session: Session, model_id: int) -> Job:
     return job
 
 
-@router.get("", response_model=ModelsPublic)
+@router.get("", response_model=ModelsPublic, dependencies=[query_names("limit", "offset")])
 def list_models(
     request: Request,
     session: SessionDep,
@@ -218,19 +230,6 @@ async def _uploaded_files(request: Request, max_instances: int) -> list[tuple[st
 PREDICT_QUERY = ("mc_dropout", "seed", "batching")
 
 
-def _refuse_unknown_query(query: QueryParams) -> None:
-    """A misspelt (?mc_droput=20) or repeated (?mc_dropout=2&mc_dropout=3) parameter must
-    not quietly give another prediction than the one asked for."""
-    names = [name for name, _ in query.multi_items()]
-    known = ", ".join(PREDICT_QUERY)
-    problems = [(n, f"unknown query parameter (known: {known})")
-                for n in sorted(set(names) - set(PREDICT_QUERY))]  # fmt: skip
-    problems += [(n, "given more than once in the query")
-                 for n in PREDICT_QUERY if names.count(n) > 1]  # fmt: skip
-    if problems:
-        raise InvalidRequest.for_fields(problems)
-
-
 def _query_int(query: QueryParams, name: str, low: int, high: int) -> int | None:
     raw = query.get(name)
     if raw is None:
@@ -307,7 +306,7 @@ async def predict(model_id: ModelId, request: Request) -> JSONResponse:
     serving: Serving = request.app.state.serving
     # Query parameters by hand: FastAPI's per-parameter machinery costs more than the forward.
     query = request.query_params
-    _refuse_unknown_query(query)
+    refuse_unknown_query(query, PREDICT_QUERY)
     mc_dropout = _query_int(query, "mc_dropout", 1, MAX_MC_PASSES)
     seed = _query_int(query, "seed", 0, SEED_MAX)
     batching = _query_bool(query, "batching")
@@ -326,7 +325,7 @@ async def predict(model_id: ModelId, request: Request) -> JSONResponse:
         elif content_type in ("application/json", ""):
             body = await read_limited(request, settings.max_upload_bytes)
             try:
-                payload = json.loads(body)
+                payload = parse_json(body)
             except ValueError as exc:
                 raise InvalidRequest.for_fields([("body", f"not valid JSON ({exc})")]) from exc
             sides = tuple(sorted({28, loaded.input_side}))

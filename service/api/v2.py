@@ -9,7 +9,6 @@ unknown model, 400 a model that is not ready (its job has not succeeded) or a ba
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -22,7 +21,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.bodies import read_limited, refuse_declared_oversize
+from service.api.bodies import parse_json, read_limited, refuse_declared_oversize
 from service.api.params import decimal_int
 from service.api.trained_models import ensure_succeeded, servable_model
 from service.artifacts import read_description
@@ -212,7 +211,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> JSON
     refuse_declared_oversize(request, settings.max_upload_bytes)
     body = await read_limited(request, settings.max_upload_bytes)
     try:
-        payload = json.loads(body)
+        payload = parse_json(body)
     except ValueError as exc:
         raise _bad(f"the body is not valid JSON ({exc})") from None
     if not isinstance(payload, dict):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import LiveServer, wait_for_status
-from tests.integration.helpers import as_instances, png_bytes
+from tests.integration.helpers import as_instances, png_bytes, raw_post
 
 BAD_JOBS = [
     ({}, "model"),
@@ -37,6 +36,12 @@ BAD_JOBS = [
     ({"model": "lenet", "epochs": "ten"}, "epochs"),
     ({"model": "lenet", "epochs": True}, "epochs"),  # not taken as 1
     ({"model": "lenet", "epochs": "2"}, "epochs"),  # a quoted number is not taken as one
+    ({"model": "lenet", "batch_size": 256.0}, "batch_size"),  # an integer field takes integers
+    ({"model": "lenet", "epochs": 2.0}, "epochs"),
+    ({"model": "lenet", "seed": 1e3}, "seed"),
+    ({"model": "lenet", "priority": 0.0}, "priority"),
+    ({"model": "lenet", "train_examples": 500.0}, "train_examples"),
+    ({"model": "softmax", "kind": "kfold", "k": 3.0}, "k"),
     ({"model": "lenet", "lr": "0.1"}, "lr"),
     ({"model": "lenet", "decay_bias": "yes"}, "decay_bias"),
     ({"model": "lenet", "decay_bias": 1}, "decay_bias"),
@@ -169,6 +174,30 @@ def test_malformed_json_body_is_422(client: httpx.Client) -> None:
         assert "utf-8" in assert_error(response, 422, "body")["message"]
 
 
+def test_a_key_given_twice_in_a_json_body_is_422(client: httpx.Client) -> None:
+    """JSON allows it and a parser keeps the last value: the client may have meant either."""
+    before = client.get("/jobs").json()["count"]
+    sweeps = client.get("/sweeps").json()["count"]
+    json_type = {"content-type": "application/json"}
+    cases = [
+        ("/jobs", b'{"model": "softmax", "dataset": "synthetic", "epochs": 1, "epochs": 2}',
+         "epochs"),
+        ("/jobs", b'{"model": "softmax", "epochs": 1, "epochs": "x"}', "epochs"),  # no other 422
+        ("/jobs", b'{"model": "softmax", "model": "softmax", "epochs": 1}', "model"),
+        ("/sweeps", b'{"base": {"model": "softmax", "epochs": 1, "epochs": 2}, '
+                    b'"grid": {"lr": [0.1]}}', "base.epochs"),
+        ("/sweeps", b'{"base": {"model": "softmax"}, "grid": {"lr": [0.1]}, '
+                    b'"grid": {"lr": [0.2]}}', "grid"),
+        ("/sweeps", b'{"base": {"model": "softmax"}, "grid": {"lr": [0.1], "lr": [0.2]}}',
+         "grid.lr"),
+    ]  # fmt: skip
+    for path, body, field in cases:
+        error = assert_error(client.post(path, content=body, headers=json_type), 422, field)
+        assert error["fields"] == [{"field": field, "reason": "given more than once in the body"}]
+    assert client.get("/jobs").json()["count"] == before
+    assert client.get("/sweeps").json()["count"] == sweeps
+
+
 def test_list_query_validation(client: httpx.Client) -> None:
     assert_error(client.get("/jobs", params={"status": "sleeping"}), 422, "status")
     everything = client.get("/jobs").json()["count"]
@@ -178,6 +207,16 @@ def test_list_query_validation(client: httpx.Client) -> None:
     for path in ("/jobs", "/models", "/datasets", "/sweeps"):  # past SQLite's 64-bit integers
         assert_error(client.get(path, params={"offset": 2**63}), 422, "offset")
         assert client.get(path, params={"offset": 2**31 - 1}).json()["data"] == []
+    # A repeated parameter is not resolved by keeping one; a misspelt one is not ignored.
+    assert_error(client.get("/jobs?status=queued&status=failed"), 422, "status")
+    assert_error(client.get("/jobs?status=&status="), 422, "status")
+    assert_error(client.get("/jobs?stauts=failed"), 422, "stauts")
+    for path in ("/jobs", "/models", "/datasets", "/sweeps"):
+        assert_error(client.get(f"{path}?limit=5&limit=10"), 422, "limit")
+        assert_error(client.get(f"{path}?offset=0&offset=0"), 422, "offset")
+        error = assert_error(client.get(f"{path}?limti=5"), 422, "limti")
+        assert "unknown query parameter" in error["message"] and "limit" in error["message"]
+        assert client.get(f"{path}?limit=5&offset=0").status_code == 200
 
 
 def test_health_answers_get_and_head(client: httpx.Client) -> None:
@@ -201,6 +240,31 @@ def test_unknown_ids_are_404(client: httpx.Client) -> None:
     assert_error(client.post("/models/999999/predict", json={"instances": []}), 404)
     assert_error(client.get("/jobs/abc"), 422, "job_id")
     assert_error(client.get("/jobs/99999999999999999999"), 422, "job_id")
+
+
+def test_path_ids_are_plain_ascii_digits(client: httpx.Client, trained_model: dict) -> None:
+    """A space, a sign, a decimal point, an underscore or non-ASCII digits do not name job 1:
+    the 422 that /jobs/abc gets, on every id of every resource."""
+    model_id = trained_model["id"]
+    assert client.get(f"/jobs/{model_id}").status_code == 200
+    assert client.get(f"/jobs/0{model_id}").status_code == 200  # leading zeros: still digits
+    abc = assert_error(client.get("/jobs/abc"), 422, "job_id")
+    for raw in (f"{model_id}%20", f"%20{model_id}", f"+{model_id}", f"{model_id}.0",
+                f"{model_id}_0", f"{model_id}%0A", "%EF%BC%91", "%D9%A3", "1e0"):  # fmt: skip
+        for method, path, field in (
+            ("GET", f"/jobs/{raw}", "job_id"),
+            ("GET", f"/jobs/{raw}/metrics", "job_id"),
+            ("POST", f"/jobs/{raw}/cancel", "job_id"),
+            ("GET", f"/sweeps/{raw}", "sweep_id"),
+            ("GET", f"/models/{raw}", "model_id"),
+            ("GET", f"/models/{raw}/export?format=onnx", "model_id"),
+            ("POST", f"/models/{raw}/predict", "model_id"),
+        ):
+            error = assert_error(client.request(method, path, json={"instances": []}), 422, field)
+            assert error["fields"][0]["reason"] == abc["fields"][0]["reason"], (path, error)
+    # Dataset ids are names (ds_...), not numbers: an unknown one is still a 404.
+    assert_error(client.get("/datasets/ds_0123456789abcdef"), 404)
+    assert_error(client.get("/datasets/ds_0123456789abcdef%20"), 404)
 
 
 def test_cancel_finished_job_is_409(client: httpx.Client, trained_model: dict) -> None:
@@ -236,6 +300,11 @@ def test_bad_predict_inputs_are_4xx(client: httpx.Client, trained_model: dict) -
         (client.post(url, json={"pixels": []}), 422, "instances"),
         (client.post(url, json={"instances": as_instances(np.zeros((257, 28, 28)))}), 422, "instances"),
         (client.post(url, content=b"{oops", headers={"content-type": "application/json"}), 422, "body"),
+        (client.post(url, content=b'{"instances": [], "instances": [[[0]]]}',
+                     headers={"content-type": "application/json"}), 422, "instances"),
+        (client.post(url, content=b'{"instances": %s, "seed": 1, "seed": 2}' % json.dumps(
+            as_instances(good[None])).encode(), headers={"content-type": "application/json"}),
+         422, "seed"),
         (client.post(url, content=b"hi", headers={"content-type": "text/plain"}), 415, None),
     ]  # fmt: skip
     for response, status, field in cases:
@@ -302,25 +371,10 @@ def test_idempotency_key_reused_for_another_body_is_422(client: httpx.Client) ->
     empty = client.post("/jobs", json=body, headers={"Idempotency-Key": ""})
     assert assert_error(empty, 422)["fields"][0]["field"] == "Idempotency-Key"
     # Whitespace around the value is not part of the key (httpx will not send it: raw HTTP).
-    status, answer = _raw_post(client, "/jobs", body, "Idempotency-Key: bad-input-reuse \t")
+    status, answer = raw_post(client, "/jobs", body, "Idempotency-Key: bad-input-reuse \t")
     assert status == 201 and answer["id"] == first.json()["id"]
-    status, answer = _raw_post(client, "/jobs", body, "Idempotency-Key:  \t ")
+    status, answer = raw_post(client, "/jobs", body, "Idempotency-Key:  \t ")
     assert status == 422 and answer["error"]["fields"][0]["field"] == "Idempotency-Key"
-
-
-def _raw_post(client: httpx.Client, path: str, body: dict, header: str) -> tuple[int, dict]:
-    """POST with a header line exactly as given, which httpx would refuse to send."""
-    url = client.base_url
-    data = json.dumps(body).encode()
-    request = (
-        f"POST {path} HTTP/1.1\r\nHost: {url.host}\r\ncontent-type: application/json\r\n"
-        f"{header}\r\ncontent-length: {len(data)}\r\nconnection: close\r\n\r\n"
-    ).encode() + data
-    with socket.create_connection((url.host, url.port), timeout=30) as sock:
-        sock.sendall(request)
-        reply = b"".join(iter(lambda: sock.recv(65536), b""))
-    head, _, payload = reply.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(payload)
 
 
 def test_job_and_sweep_bodies_must_be_json(client: httpx.Client) -> None:

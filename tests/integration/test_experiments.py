@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, wait_for_status
+from tests.integration.helpers import raw_post
 
 pytestmark = pytest.mark.timeout(240)
 QUICK = {"dataset": "synthetic", "batch_size": 32, "train_examples": 200, "test_examples": 50}
@@ -182,6 +183,10 @@ BAD_SWEEPS = [
       "grid": {"batch_size": [1024, 2048]}}, "grid.batch_size"),
     ({"base": {"model": "softmax", "kind": "kfold", "train_examples": 5}, "grid": {"k": [2, 10]}},
      "grid.k"),
+    # an integer field takes JSON integers, in base and grid alike
+    ({"base": {"model": "softmax", "epochs": 1.0}, "grid": {"lr": [0.1]}}, "base.epochs"),
+    ({"base": {"model": "softmax"}, "grid": {"batch_size": [32, 64.0]}}, "grid.batch_size"),
+    ({"base": {"model": "softmax", "priority": 1.0}, "grid": {"lr": [0.1]}}, "base.priority"),
 ]  # fmt: skip
 
 
@@ -194,3 +199,41 @@ def test_bad_sweeps_name_the_field_and_write_nothing(
     assert field in [f["field"] for f in response.json()["error"]["fields"]]
     assert api_only.get("/jobs").json()["count"] == 0
     assert api_only.get("/sweeps").json()["count"] == 0
+
+
+def test_sweep_idempotency_key(database_url: str, start_server) -> None:
+    """As for POST /jobs: the same key and body return the first sweep (201), with no job queued
+    twice; another body is a 422 naming the key and the sweep; a blank key is a 422."""
+    api_only = httpx.Client(base_url=start_server(database_url, workers=0).url, timeout=60)
+    body = {"base": {"model": "softmax", "dataset": "synthetic", "epochs": 1},
+            "grid": {"lr": [0.1, 0.2]}}  # fmt: skip
+    headers = {"Idempotency-Key": "sweep-retry"}
+    first = api_only.post("/sweeps", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    sweep = first.json()
+    jobs = api_only.get("/jobs").json()["count"]
+    again = api_only.post("/sweeps", json=body, headers=headers)
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] == sweep["id"] and again.json()["points"] == sweep["points"]
+    # Whitespace around the value is not part of the key (httpx will not send it: raw HTTP).
+    status, answer = raw_post(api_only, "/sweeps", body, "Idempotency-Key: sweep-retry \t")
+    assert status == 201 and answer["id"] == sweep["id"]
+    for changed in (
+        {**body, "grid": {"lr": [0.1, 0.3]}},
+        {**body, "base": {**body["base"], "epochs": 2}},
+        {**body, "base": {**body["base"], "seed": 7}},
+    ):
+        response = api_only.post("/sweeps", json=changed, headers=headers)
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert [f["field"] for f in error["fields"]] == ["Idempotency-Key"]
+        assert f"sweep {sweep['id']}" in error["message"]
+    for blank in ("", "  \t "):
+        status, answer = raw_post(api_only, "/sweeps", body, f"Idempotency-Key: {blank}")
+        assert status == 422, answer
+        assert answer["error"]["fields"][0]["field"] == "Idempotency-Key"
+    # The key of a job is not the key of a sweep: each kind has its own.
+    job = api_only.post("/jobs", json=body["base"], headers=headers)
+    assert job.status_code == 201, job.text
+    assert api_only.get("/jobs").json()["count"] == jobs + 1
+    assert api_only.get("/sweeps").json()["count"] == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import statistics
 import time
 from collections.abc import Iterator
@@ -391,6 +392,12 @@ def test_v2_errors_and_health(client: httpx.Client, models: dict[str, int]) -> N
     for tensor in bad_tensors:
         error(client.post(infer, json={"inputs": [tensor]}), 400)
     error(client.post(infer, content=b"{oops", headers={"content-type": "application/json"}), 400)
+    # A key given twice is refused, not resolved by keeping the last (at any depth).
+    tensor = json.dumps(good)[1:-1].encode()
+    for raw, field in ((b'{"inputs": [{%s, "name": "input"}]}' % tensor, "inputs[0].name"),
+                       (b'{"inputs": [{%s}], "id": "a", "id": "b"}' % tensor, "id")):  # fmt: skip
+        repeated = client.post(infer, content=raw, headers={"content-type": "application/json"})
+        assert error(repeated, 400) == f"{field}: given more than once in the body"
     error(client.post(infer, json={"inputs": []}), 400)
     error(client.post(infer, json={"inputs": [good], "outputs": [{"name": "logits"}]}), 400)
     softmax_infer = f"/v2/models/{models['softmax']}/infer"

@@ -18,7 +18,7 @@ from service.tables import Base
 
 pytestmark = pytest.mark.timeout(60)
 
-APP_TABLES = {"jobs", "epoch_metrics"}
+APP_TABLES = {"jobs", "epoch_metrics", "sweeps", "datasets"}
 
 
 def alembic_config(url: str) -> Config:
@@ -90,6 +90,8 @@ def test_migrated_schema_has_the_declared_indexes_and_constraints(database_url: 
         assert indexes["ix_jobs_created_at"] == ["created_at"]
         uniques = [tuple(u["column_names"]) for u in inspector.get_unique_constraints("jobs")]
         assert ("idempotency_key",) in uniques
+        sweep_uniques = inspector.get_unique_constraints("sweeps")
+        assert ("idempotency_key",) in [tuple(u["column_names"]) for u in sweep_uniques]
         metric_uniques = inspector.get_unique_constraints("epoch_metrics")
         assert ("job_id", "epoch") in [tuple(u["column_names"]) for u in metric_uniques]
         fks = inspector.get_foreign_keys("epoch_metrics")

@@ -43,7 +43,7 @@ from service.queue import (
     submit_job,
 )
 from service.schemas import _iso
-from service.tables import EpochMetric, Job, JobStatus
+from service.tables import EpochMetric, Job, JobStatus, Sweep
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -281,7 +281,7 @@ def test_idempotency_key_reused_for_another_request_is_refused(db: Db) -> None:
     for config, priority in (({**CONFIG, "seed": 1, "epochs": 99}, 0), ({**CONFIG, "seed": 1}, 5)):
         with db.sessions() as session, pytest.raises(IdempotencyKeyReused) as refused:
             submit_job(session, config, priority=priority, idempotency_key="key-1")
-        assert refused.value.job.id == first
+        assert refused.value.created.id == first
     assert db.job(first).config["epochs"] == CONFIG["epochs"]  # nothing was applied
     # A seed the service drew for the retry is not part of the request.
     retry = {**CONFIG, "seed": 2}
@@ -341,6 +341,66 @@ def test_concurrent_submits_with_one_key_create_one_job(db: Db) -> None:
     for r in range(rounds):
         assert len({ids[r] for ids in results}) == 1, f"key k{r} gave several jobs"
     assert db.count_jobs() == rounds
+
+
+SWEEP_BASE: dict[str, Any] = {"model": "lenet", "epochs": 1}
+SWEEP_GRID: dict[str, list[Any]] = {"lr": [0.1, 0.2]}
+
+
+def create_keyed_sweep(
+    session: Session, key: str | None, *, base: dict[str, Any] = SWEEP_BASE,
+    grid: dict[str, list[Any]] = SWEEP_GRID,
+) -> tuple[Sweep, list[Job]]:  # fmt: skip
+    configs = [{**CONFIG, **base, "lr": lr} for lr in grid.get("lr", [0.1])]
+    return queue.create_sweep(session, base=base, grid=grid, configs=configs, idempotency_key=key)
+
+
+def test_sweep_idempotency_key_returns_the_first_sweep_and_its_jobs(db: Db) -> None:
+    with db.sessions() as session:
+        first, jobs = create_keyed_sweep(session, "sweep-1")
+        ids = (first.id, [j.id for j in jobs])
+    with db.sessions() as session:
+        again, again_jobs = create_keyed_sweep(session, "sweep-1")
+        assert (again.id, [j.id for j in again_jobs]) == ids
+    with db.sessions() as session:
+        other, _ = create_keyed_sweep(session, "sweep-2")
+        unkeyed, _ = create_keyed_sweep(session, None)
+    assert len({ids[0], other.id, unkeyed.id}) == 3
+    assert db.count_jobs() == 6  # two per sweep: the retry queued none
+
+
+def test_sweep_idempotency_key_reused_for_another_request_is_refused(db: Db) -> None:
+    with db.sessions() as session:
+        first, _ = create_keyed_sweep(session, "sweep-1")
+    for changed in (
+        {"base": {**SWEEP_BASE, "epochs": 2}},
+        {"grid": {"lr": [0.1, 0.3]}},
+        {"grid": {"lr": [0.2, 0.1]}},  # the same points in another order are other job ids
+        {"base": {**SWEEP_BASE, "priority": 1}},
+    ):
+        with db.sessions() as session, pytest.raises(IdempotencyKeyReused) as refused:
+            create_keyed_sweep(session, "sweep-1", **changed)
+        assert refused.value.created.id == first.id
+        assert f"created sweep {first.id}" in str(refused.value)
+    with db.sessions() as session:
+        count = session.scalar(select(func.count()).select_from(Sweep))
+    assert count == 1 and db.count_jobs() == 2
+
+
+def test_idempotent_sweep_when_another_request_inserts_first(db: Db) -> None:
+    """Deterministic race: another request inserts the key between our lookup and insert."""
+    other_sessions = make_session_factory(db.new_engine())
+
+    def other_request() -> int:
+        with other_sessions() as session:
+            return create_keyed_sweep(session, "race")[0].id
+
+    other = Interleave(db.engine, other_request)
+    with db.sessions() as session:
+        sweep, jobs = create_keyed_sweep(session, "race")
+        assert {j.sweep_id for j in jobs} == {sweep.id}
+    assert other.result() == sweep.id
+    assert db.count_jobs() == 2
 
 
 # --- claim -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 import models
 from service.api.catalog import catalog
@@ -159,3 +160,29 @@ def test_sweep_points_get_the_size_checks() -> None:
     assert sweep_fields({"base": base, "grid": {"batch_size": [64, 128]}}) == ["grid.batch_size"]
     kfold = {"model": "softmax", "kind": "kfold", "train_examples": 5}
     assert sweep_fields({"base": kfold, "grid": {"k": [2, 10]}}) == ["grid.k"]
+
+
+# Each integer field of a job with a value in its range.
+INTEGER_FIELDS = {"batch_size": 32, "epochs": 2, "seed": 7, "resize": 28, "train_examples": 100,
+                  "test_examples": 10, "priority": 3, "devices": 2, "k": 3, "steps": 20}  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "value"), INTEGER_FIELDS.items())
+def test_integer_fields_take_json_integers_only(name: str, value: int) -> None:
+    """256.0 is a float in JSON: refused as "2" and true are, as predict refuses mc_dropout 2.0."""
+    with pytest.raises(ValidationError) as caught:
+        JobCreate.model_validate({"model": "lenet", name: float(value)})
+    [error] = caught.value.errors()
+    assert error["loc"] == (name,) and f"must be an integer, not {value}.0" in error["msg"]
+    assert getattr(JobCreate.model_validate({"model": "lenet", name: value}), name) == value
+
+
+def test_number_fields_take_json_integers_too() -> None:
+    job = JobCreate.model_validate({"model": "lenet", "lr": 1, "weight_decay": 0, "dropout": 0})
+    assert job.lr == 1 and job.weight_decay == 0
+
+
+def test_sweep_points_take_json_integers_only() -> None:
+    base = {"model": "softmax", "dataset": "synthetic"}
+    assert sweep_fields({"base": {**base, "epochs": 2.0}, "grid": {"lr": [0.1]}}) == ["base.epochs"]
+    assert sweep_fields({"base": base, "grid": {"epochs": [1, 2.0]}}) == ["grid.epochs"]

@@ -1,0 +1,43 @@
+"""parse_json: the JSON of POST /jobs, /sweeps and predict, with no key given twice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service.api.bodies import REPEATED, parse_json
+from service.errors import InvalidRequest
+
+
+def repeated_fields(body: bytes) -> list[str]:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_json(body)
+    assert all(reason == REPEATED for _, reason in caught.value.fields)
+    return [field for field, _ in caught.value.fields]
+
+
+def test_a_key_given_twice_is_named_with_its_path() -> None:
+    assert repeated_fields(b'{"epochs": 1, "epochs": 2}') == ["epochs"]
+    assert repeated_fields(b'{"epochs": 1, "epochs": 1}') == ["epochs"]  # even the same value
+    assert repeated_fields(b'{"a": 1, "b": 2, "a": 3, "b": 4}') == ["a", "b"]
+    assert repeated_fields(b'{"base": {"lr": 0.1, "lr": 0.2}, "grid": {}}') == ["base.lr"]
+    assert repeated_fields(b'{"inputs": [{"name": "x"}, {"name": "x", "name": "y"}]}') == [
+        "inputs[1].name"
+    ]
+    assert repeated_fields(b'{"a": 1, "a": {"b": [[{"c": 1, "c": 2}]]}}') == ["a", "a.b[0][0].c"]
+
+
+def test_json_without_repeats_is_returned_as_json_loads_gives_it() -> None:
+    body = {"instances": [[[0] * 28] * 28] * 4, "seed": 1, "nested": {"a": [{"b": None}]}}
+    raw = json.dumps(body).encode()
+    assert parse_json(raw) == json.loads(raw) == body
+    assert parse_json(b"[1, 2]") == [1, 2]
+    # The same key in two different objects is not a repeat.
+    assert parse_json(b'{"a": {"x": 1}, "b": {"x": 2}}') == {"a": {"x": 1}, "b": {"x": 2}}
+
+
+def test_a_body_that_is_not_json_is_a_value_error() -> None:
+    for raw in (b"{oops", b'{"a": 1,}', b"\xff"):
+        with pytest.raises(ValueError):
+            parse_json(raw)
