@@ -137,6 +137,33 @@ def _begin_write(session: Session) -> None:
     session.info[WRITER_TRANSACTION] = session.get_transaction()
 
 
+@contextmanager
+def _writing(session: Session) -> Iterator[None]:
+    """``_begin_write`` for the block, and the transaction over when it ends: a block that
+    returns without writing (a replayed idempotency key) commits nothing, one that raises rolls
+    back. Paths that read, then refuse, commit first, so their objects stay loaded.
+
+    Left open, the transaction would keep SQLite's write lock until the request's session
+    closes, which FastAPI does after building the response, on a thread of the pool the waiting
+    writers fill: a burst of retries deadlocked the API until the 30 s busy timeouts fired.
+    """
+
+    def writer_open() -> bool:
+        return session.in_transaction() and (
+            session.get_transaction() is session.info.get(WRITER_TRANSACTION)
+        )
+
+    _begin_write(session)
+    try:
+        yield
+    except BaseException:
+        if writer_open():
+            session.rollback()
+        raise
+    if writer_open():
+        session.commit()
+
+
 def created_now(session: Session) -> ColumnElement[Any]:
     """created_at: the database clock to the millisecond, as started_at and finished_at have.
     The columns' CURRENT_TIMESTAMP default has whole seconds on SQLite, which lose the order of
@@ -178,26 +205,27 @@ def submit_job(
     a retry draws them anew, so they do not make it a different request. Any other difference
     raises IdempotencyKeyReused rather than silently returning a job the caller did not ask for.
     """
-    _begin_write(session)
-    if idempotency_key is not None:
-        existing = _job_with_key(session, idempotency_key)
-        if existing is not None:
+    with _writing(session):
+        if idempotency_key is not None:
+            existing = _job_with_key(session, idempotency_key)
+            if existing is not None:
+                session.commit()  # nothing to write: the lock goes now
+                return _same_request(existing, config, priority, drawn)
+        job = _new_job(session, config, priority, max_attempts, idempotency_key=idempotency_key)
+        session.add(job)
+        try:
+            session.commit()
+        except IntegrityError:
+            # A concurrent request with the same key won the insert: return its job.
+            session.rollback()
+            if idempotency_key is None:
+                raise
+            existing = _job_with_key(session, idempotency_key)
+            if existing is None:
+                raise
             return _same_request(existing, config, priority, drawn)
-    job = _new_job(session, config, priority, max_attempts, idempotency_key=idempotency_key)
-    session.add(job)
-    try:
-        session.commit()
-    except IntegrityError:
-        # A concurrent request with the same key won the insert: return its job.
-        session.rollback()
-        if idempotency_key is None:
-            raise
-        existing = _job_with_key(session, idempotency_key)
-        if existing is None:
-            raise
-        return _same_request(existing, config, priority, drawn)
-    session.refresh(job)
-    return job
+        session.refresh(job)
+        return job
 
 
 def _job_with_key(session: Session, idempotency_key: str) -> Job | None:
@@ -220,8 +248,12 @@ def _same_request(
 def get_job(session: Session, job_id: int) -> Job:
     job = session.get(Job, job_id)
     if job is None:
-        raise JobNotFound(f"job {job_id} does not exist")
+        raise _no_such_job(job_id)
     return job
+
+
+def _no_such_job(job_id: int) -> JobNotFound:
+    return JobNotFound(f"job {job_id} does not exist")
 
 
 def list_jobs(
@@ -274,36 +306,42 @@ def has_trained_model(job: Job) -> bool:
 
 
 def cancel_job(session: Session, job_id: int) -> Job:
-    """A queued job is cancelled at once; a running one is flagged and its worker stops it."""
-    _begin_write(session)
-    job = get_job(session, job_id)
-    if job.status in FINISHED:
-        raise JobFinished(job)
-    now = db_now(session.get_bind().dialect.name)
-    queued = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
-        .values(
-            status=JobStatus.CANCELLED.value,
-            cancel_requested=True,
-            finished_at=now,
-            error=case(
-                (Job.started_at.is_(None), "cancelled before it started"),
-                else_="cancelled while queued to resume (after its worker stopped)",
-            ),
+    """A queued job is cancelled at once; a running one is flagged and its worker stops it.
+
+    One UPDATE decides between the two on the row as it is then: with one statement per
+    status, a job requeued by a lapsed lease between them matched neither, and the cancel of a
+    live job answered 409 "already queued"."""
+    with _writing(session):
+        job = session.get(Job, job_id)
+        if job is None or job.status in FINISHED:
+            session.commit()  # nothing to write: the lock goes before the refusal
+            if job is None:
+                raise _no_such_job(job_id)
+            raise JobFinished(job)
+        now = db_now(session.get_bind().dialect.name)
+        queued = Job.status == JobStatus.QUEUED.value
+        changed = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+            )
+            .values(
+                status=case((queued, JobStatus.CANCELLED.value), else_=Job.status),
+                cancel_requested=True,
+                finished_at=case((queued, now), else_=Job.finished_at),
+                error=case(
+                    (queued & Job.started_at.is_(None), "cancelled before it started"),
+                    (queued, "cancelled while queued to resume (after its worker stopped)"),
+                    else_=Job.error,
+                ),
+            )
+            .execution_options(synchronize_session=False)
         )
-        .execution_options(synchronize_session=False)
-    )
-    running = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
-        .values(cancel_requested=True)
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
+        session.commit()
     session.expire_all()
     job = get_job(session, job_id)
-    if queued.rowcount == 0 and running.rowcount == 0:  # PostgreSQL: it finished meanwhile
+    if changed.rowcount == 0:  # PostgreSQL: it finished meanwhile
         raise JobFinished(job)
     return job
 
@@ -615,33 +653,34 @@ def create_sweep(
     The request is its base and grid (a seed drawn for the points is in neither): a key reused
     with another raises IdempotencyKeyReused, as submit_job does.
     """
-    _begin_write(session)
-    if idempotency_key is not None:
-        existing = _sweep_with_key(session, idempotency_key)
-        if existing is not None:
+    with _writing(session):
+        if idempotency_key is not None:
+            existing = _sweep_with_key(session, idempotency_key)
+            if existing is not None:
+                session.commit()  # nothing to write: the lock goes now
+                return _same_sweep(session, existing, base, grid)
+        sweep = Sweep(
+            base=base, grid=grid, created_at=created_now(session), idempotency_key=idempotency_key
+        )
+        session.add(sweep)
+        try:
+            session.flush()  # the sweep's id, for its jobs; a concurrent twin's key fails here
+            jobs = [
+                _new_job(session, config, priority, max_attempts, sweep_id=sweep.id)
+                for config in configs
+            ]
+            session.add_all(jobs)
+            session.commit()
+        except IntegrityError:
+            # A concurrent request with the same key won the insert: return its sweep.
+            session.rollback()
+            if idempotency_key is None:
+                raise
+            existing = _sweep_with_key(session, idempotency_key)
+            if existing is None:
+                raise
             return _same_sweep(session, existing, base, grid)
-    sweep = Sweep(
-        base=base, grid=grid, created_at=created_now(session), idempotency_key=idempotency_key
-    )
-    session.add(sweep)
-    try:
-        session.flush()  # the sweep's id, for its jobs; a concurrent twin's key fails here
-        jobs = [
-            _new_job(session, config, priority, max_attempts, sweep_id=sweep.id)
-            for config in configs
-        ]
-        session.add_all(jobs)
-        session.commit()
-    except IntegrityError:
-        # A concurrent request with the same key won the insert: return its sweep.
-        session.rollback()
-        if idempotency_key is None:
-            raise
-        existing = _sweep_with_key(session, idempotency_key)
-        if existing is None:
-            raise
-        return _same_sweep(session, existing, base, grid)
-    return sweep, jobs
+        return sweep, jobs
 
 
 def _sweep_with_key(session: Session, idempotency_key: str) -> Sweep | None:

@@ -6,6 +6,8 @@ queue functions directly: submit, claim, leases, epochs, cancel, requeue, releas
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -150,14 +152,17 @@ def claim(db: Db, owner: str = "w1", lease: float = LONG_LEASE) -> queue.Claimed
 
 
 class Interleave:
-    """Start `action` in another thread right after the next SELECT on `engine`.
+    """Start `action` in another thread right after the next SELECT (or `after`) on `engine`.
 
     It gets up to `grace` seconds to finish before that transaction goes on to write. If
     the transaction holds a write lock (as it should on SQLite), the action waits for it
     instead, and runs once the transaction has committed. `result()` joins and returns it.
     """
 
-    def __init__(self, engine: Engine, action: Callable[[], Any], grace: float = 1.0) -> None:
+    def __init__(
+        self, engine: Engine, action: Callable[[], Any], grace: float = 1.0, after: str = "SELECT"
+    ) -> None:
+        self._after_verb = after
         self._action = action
         self._grace = grace
         self._fired = False
@@ -177,7 +182,7 @@ class Interleave:
             self._done.set()
 
     def _after(self, conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if not self._fired and statement.lstrip().upper().startswith("SELECT"):
+        if not self._fired and statement.lstrip().upper().startswith(self._after_verb):
             self._fired = True
             self._thread.start()
             self._done.wait(self._grace)
@@ -401,6 +406,48 @@ def test_idempotent_sweep_when_another_request_inserts_first(db: Db) -> None:
         assert {j.sweep_id for j in jobs} == {sweep.id}
     assert other.result() == sweep.id
     assert db.count_jobs() == 2
+
+
+def write_at_once(db: Db, job_id: int) -> None:
+    """Another connection writes the job's row without waiting (SQLite: takes the database's
+    write lock; PostgreSQL: the row's lock), or the test fails fast."""
+    if db.dialect == "sqlite":
+        path = db.engine.url.database
+        conn = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE jobs SET priority = priority WHERE id = ?", (job_id,))
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+        return
+    with db.new_engine().connect() as pg:
+        pg.exec_driver_sql("SET lock_timeout = '200ms'")
+        pg.execute(update(Job).where(Job.id == job_id).values(priority=Job.priority))
+        pg.rollback()
+
+
+def test_answers_that_write_nothing_leave_no_write_lock_behind(db: Db) -> None:
+    """A replayed key or a refused cancel must end its transaction before it returns: the API's
+    session stays open until the response is built, and a burst of retries holding SQLite's
+    write lock meanwhile deadlocked the thread pool (30 s per busy timeout)."""
+    job_id = db.submit(idempotency_key="k")
+    finished = db.submit()
+    finish_job(db.engine, finished, claim(db).token, JobStatus.SUCCEEDED)
+    calls: list[Callable[[Session], Any]] = [
+        lambda s: submit_job(s, dict(CONFIG), idempotency_key="k"),
+        lambda s: submit_job(s, {**CONFIG, "epochs": 9}, idempotency_key="k"),
+        lambda s: create_keyed_sweep(s, "sweep-1"),
+        lambda s: create_keyed_sweep(s, "sweep-1"),
+        lambda s: create_keyed_sweep(s, "sweep-1", grid={"lr": [0.5]}),
+        lambda s: cancel_job(s, finished),
+        lambda s: cancel_job(s, 10_000),
+    ]
+    for call in calls:
+        with db.sessions() as session:
+            with contextlib.suppress(IdempotencyKeyReused, JobFinished, JobNotFound):
+                call(session)
+            write_at_once(db, job_id)  # while the session is still open
 
 
 # --- claim -----------------------------------------------------------------------------------
@@ -721,6 +768,23 @@ def test_a_cancel_that_finds_the_job_just_finished_is_refused(db: Db) -> None:
         assert (outcome, final) == ("running", "cancelled")
     else:
         assert (outcome, final) == ("refused: succeeded", "succeeded")
+
+
+def test_a_cancel_that_finds_the_job_requeued_meanwhile_still_cancels_it(db: Db) -> None:
+    """Deterministic race: the job's worker stops and gives it back to the queue right after
+    the cancel's first write. With one UPDATE per status the second matched nothing either,
+    and the cancel of a live job answered 409; the cancel must win, as it does on SQLite."""
+    job_id = db.submit()
+    worker_engine = db.new_engine()
+    claimed = claim_next_job(worker_engine, "w1", LONG_LEASE)
+    assert claimed is not None
+    stopped = Interleave(
+        db.engine, lambda: release_job(worker_engine, job_id, claimed.token), after="UPDATE"
+    )
+    with db.sessions() as session:
+        cancel_job(session, job_id)  # no JobFinished
+    assert stopped.result() == "cancelled"
+    assert db.job(job_id).status == "cancelled"
 
 
 # --- expired leases --------------------------------------------------------------------------
