@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
+from models.pooling import avg_pools_as_convs
 from service.training.checkpoint_writer import CheckpointWriter
 from service.training.config import DEFAULT_INIT_STD, TrainConfig
 from service.training.data import Splits, load_dataset, make_splits
@@ -312,6 +313,9 @@ def prepare_classifier(
     model.to(device)
     if _has_conv(model):
         model.to(memory_format=torch.channels_last)
+    if device.type == "cpu":
+        # The same pooling, faster on a CPU (LeNet's steps ~1.4x); no parameters change.
+        avg_pools_as_convs(model)
     runner = _Runner(model, device, side)
     # Data-parallel: the forward goes through DDP, which averages gradients across ranks.
     forward: nn.Module = model if shard is None else _data_parallel(model, device)
