@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
 
 from service.tables import FINISHED_STATUSES, EpochMetric, Job, JobKind, JobStatus, Sweep
@@ -305,6 +306,27 @@ def has_trained_model(job: Job) -> bool:
     )
 
 
+def _cancel_statement(session: Session, which: ColumnElement[bool]) -> Update:
+    """The UPDATE that cancels the chosen jobs that are queued and flags those running, each
+    decided on its row as it is when the statement runs."""
+    now = db_now(session.get_bind().dialect.name)
+    queued = Job.status == JobStatus.QUEUED.value
+    return (
+        update(Job)
+        .where(which, Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+        .values(
+            status=case((queued, JobStatus.CANCELLED.value), else_=Job.status),
+            cancel_requested=True,
+            finished_at=case((queued, now), else_=Job.finished_at),
+            error=case(
+                (queued & Job.started_at.is_(None), "cancelled before it started"),
+                (queued, "cancelled while queued to resume (after its worker stopped)"),
+                else_=Job.error,
+            ),
+        )
+    )
+
+
 def cancel_job(session: Session, job_id: int) -> Job:
     """A queued job is cancelled at once; a running one is flagged and its worker stops it.
 
@@ -318,25 +340,10 @@ def cancel_job(session: Session, job_id: int) -> Job:
             if job is None:
                 raise _no_such_job(job_id)
             raise JobFinished(job)
-        now = db_now(session.get_bind().dialect.name)
-        queued = Job.status == JobStatus.QUEUED.value
         changed = session.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+            _cancel_statement(session, Job.id == job_id).execution_options(
+                synchronize_session=False
             )
-            .values(
-                status=case((queued, JobStatus.CANCELLED.value), else_=Job.status),
-                cancel_requested=True,
-                finished_at=case((queued, now), else_=Job.finished_at),
-                error=case(
-                    (queued & Job.started_at.is_(None), "cancelled before it started"),
-                    (queued, "cancelled while queued to resume (after its worker stopped)"),
-                    else_=Job.error,
-                ),
-            )
-            .execution_options(synchronize_session=False)
         )
         session.commit()
     session.expire_all()
@@ -637,6 +644,16 @@ class SweepNotFound(LookupError):
     pass
 
 
+class SweepFinished(Exception):
+    """Every job of the sweep already reached succeeded, failed or cancelled."""
+
+    def __init__(self, sweep_id: int, status_counts: dict[str, int]) -> None:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(status_counts.items()))
+        super().__init__(f"every job of sweep {sweep_id} is already finished ({counts})")
+        self.sweep_id = sweep_id
+        self.status_counts = status_counts
+
+
 def create_sweep(
     session: Session,
     *,
@@ -729,3 +746,33 @@ def count_sweep_jobs(session: Session, sweep_ids: Sequence[int]) -> dict[int, di
     for sweep_id, status, n in rows:
         counts[sweep_id][status] = n
     return counts
+
+
+def cancel_sweep(session: Session, sweep_id: int) -> list[Job]:
+    """cancel_job for every job of the sweep, in one transaction: its queued jobs are cancelled
+    at once, its running ones flagged for their workers, its finished ones left alone. Returns
+    the jobs it cancelled or flagged, as they are after the commit.
+
+    One UPDATE, as in cancel_job, decides for each job on its row as it is then (a job requeued
+    meanwhile is cancelled; on PostgreSQL one that finished meanwhile is skipped). Raises
+    SweepNotFound, or SweepFinished when no job of the sweep was left to cancel."""
+    with _writing(session):
+        if session.get(Sweep, sweep_id) is None:
+            session.commit()  # nothing to write: the lock goes before the refusal
+            raise SweepNotFound(f"sweep {sweep_id} does not exist")
+        changed = (
+            session.execute(
+                _cancel_statement(session, Job.sweep_id == sweep_id)
+                .returning(Job.id)
+                .execution_options(synchronize_session=False)
+            )
+            .scalars()
+            .all()
+        )
+        if not changed:
+            counts = count_sweep_jobs(session, [sweep_id])[sweep_id]
+            session.commit()  # it wrote nothing
+            raise SweepFinished(sweep_id, counts)
+        session.commit()
+    session.expire_all()
+    return list(session.scalars(select(Job).where(Job.id.in_(changed)).order_by(Job.id)))

@@ -733,6 +733,7 @@ class SweepPublic(BaseModel):
     created_at: datetime
     status_counts: dict[str, int]  # status -> number of the sweep's jobs
     order: str  # how points are sorted
+    best_job_id: int | None  # the first point if it succeeded (with a score); else null
     points: list[SweepPointPublic]
 
     @field_serializer("created_at")

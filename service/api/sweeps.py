@@ -1,4 +1,5 @@
-"""Sweeps: one job per point of a grid of job fields, compared by validation score."""
+"""Sweeps: one job per point of a grid of job fields, compared by validation score, and
+cancelled as one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request, status
 from pydantic import ValidationError
 
-from service import datasets_store, queue
+from service import artifacts, datasets_store, queue
 from service.api.json_body_limit import JSON_BODY_ROUTE
 from service.api.params import (
     IdempotencyKey,
@@ -22,7 +23,7 @@ from service.api.params import (
     query_names,
 )
 from service.db import SessionDep
-from service.errors import InvalidRequest, NotFound
+from service.errors import Conflict, InvalidRequest, NotFound
 from service.schemas import (
     MAX_SWEEP_POINTS,
     ErrorResponse,
@@ -40,8 +41,24 @@ from service.training.config import TrainConfig
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "No sweep with that id"}}
-ORDER_CLASSIFICATION = "val_acc descending (unfinished points last)"
-ORDER_REGRESSION = "val_loss ascending (unfinished points last)"
+# Only a succeeded point is a result: a job cancelled as it finished, or failed late, may keep
+# metrics but has no model to serve, so it never ranks above one that succeeded.
+_ORDER = (
+    "succeeded points by {} (one without it last among them), then running, queued, "
+    "cancelled and failed points, whatever their metrics; ties by job id"
+)
+ORDER_CLASSIFICATION = _ORDER.format("val_acc descending")
+ORDER_REGRESSION = _ORDER.format("val_loss ascending")
+_STATUS_RANK = {
+    status.value: rank
+    for rank, status in enumerate(
+        (JobStatus.SUCCEEDED, JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.CANCELLED,
+         JobStatus.FAILED)
+    )
+}  # fmt: skip
+# A grid whose point count passes this is not multiplied out further: its count is only shown
+# as "over" it (2 values for each of 15,000 keys is a 4,516-digit number, which str() refuses).
+_COUNT_SHOWN_UP_TO = 10**12
 
 
 def _points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -49,12 +66,37 @@ def _points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
+def _hashable(value: Any) -> Any:
+    """A JSON value as a hashable one that compares as the value does (1, 1.0 and true are
+    equal; [1] and [1.0] too): lists become tuples, objects frozensets of their items."""
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return frozenset((k, _hashable(v)) for k, v in value.items())
+    return value
+
+
 def _first_repeat(values: list[Any]) -> int | None:
     """The index of the first value met a second time (1 and 1.0 count as one), else None."""
+    seen: set[Any] = set()
     for i, value in enumerate(values):
-        if value in values[:i]:  # a list scan: grid values may be unhashable (nested JSON)
+        key = _hashable(value)
+        if key in seen:
             return i
+        seen.add(key)
     return None
+
+
+def _point_count(grid: dict[str, list[Any]]) -> int | None:
+    """How many points the grid has, in O(keys); None when that passes _COUNT_SHOWN_UP_TO."""
+    if any(not values for values in grid.values()):
+        return 0
+    count = 1
+    for values in grid.values():
+        count *= len(values)
+        if count > _COUNT_SHOWN_UP_TO:
+            return None
+    return count
 
 
 def _field_of(loc: tuple[Any, ...], grid: dict[str, list[Any]]) -> str:
@@ -64,6 +106,12 @@ def _field_of(loc: tuple[Any, ...], grid: dict[str, list[Any]]) -> str:
 
 def _resolve_points(body: SweepCreate, session: Any) -> list[TrainConfig]:
     """Every point's resolved config, or a 422 naming grid.<field> / base.<field>."""
+    # First, from the lists' lengths alone: a grid too large is refused before any check that
+    # reads its values (a 1 MiB body holds 100,000 of them).
+    count = _point_count(body.grid)
+    if count is None or count > MAX_SWEEP_POINTS:
+        shown = f"over {_COUNT_SHOWN_UP_TO:,}" if count is None else str(count)
+        raise InvalidRequest.for_fields([("grid", f"{shown} points; at most {MAX_SWEEP_POINTS}")])
     problems: list[tuple[str, str]] = []
     for key, values in body.grid.items():
         if key in body.base:
@@ -83,9 +131,6 @@ def _resolve_points(body: SweepCreate, session: Any) -> list[TrainConfig]:
              "a sweep ranks its points by validation score and an lr_find job has none; "
              "submit lr_find jobs one by one (POST /jobs) and compare their suggested_lr")
         )  # fmt: skip
-    count = math.prod(len(v) for v in body.grid.values())
-    if count > MAX_SWEEP_POINTS:
-        problems.append(("grid", f"{count} points; at most {MAX_SWEEP_POINTS}"))
     if problems:
         raise InvalidRequest.for_fields(problems)
     # Points differ only in the grid's knobs: without a seed, they all share one drawn seed.
@@ -163,11 +208,13 @@ def create_sweep(
     return _sweep_public(session, sweep.id)
 
 
-def _sort_key(job: Job, regression: bool) -> tuple[int, float]:
+def _sort_key(job: Job, regression: bool) -> tuple[int, int, float, int]:
+    """ORDER_CLASSIFICATION / ORDER_REGRESSION: (status rank, no score, score, job id)."""
+    rank = _STATUS_RANK.get(job.status, len(_STATUS_RANK))
     score = job.val_loss if regression else job.val_acc
-    if score is None or not math.isfinite(score):
-        return (1, 0.0)
-    return (0, score if regression else -score)
+    if rank != 0 or score is None or not math.isfinite(score):
+        return (rank, 1, 0.0, job.id)  # a succeeded point without a score; or not succeeded
+    return (0, 0, score if regression else -score, job.id)
 
 
 def _sweep_public(session: Any, sweep_id: int) -> SweepPublic:
@@ -175,6 +222,8 @@ def _sweep_public(session: Any, sweep_id: int) -> SweepPublic:
     configs = [TrainConfig.from_dict(j.config) for j in jobs]
     regression = bool(configs) and all(c.is_regression for c in configs)
     ranked = sorted(jobs, key=lambda j: _sort_key(j, regression))
+    # The best point: a succeeded one with a score, never a cancelled or failed one's metrics.
+    best = ranked[0] if ranked and _sort_key(ranked[0], regression)[:2] == (0, 0) else None
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
@@ -185,6 +234,7 @@ def _sweep_public(session: Any, sweep_id: int) -> SweepPublic:
         created_at=sweep.created_at,
         status_counts=counts,
         order=ORDER_REGRESSION if regression else ORDER_CLASSIFICATION,
+        best_job_id=best.id if best is not None else None,
         points=[
             SweepPointPublic(
                 job_id=job.id,
@@ -215,8 +265,35 @@ def list_sweeps(
 
 @router.get("/{sweep_id}", response_model=SweepPublic, responses=NOT_FOUND)
 def get_sweep(sweep_id: SweepId, session: SessionDep) -> SweepPublic:
-    """The sweep's points, best first (val_acc; val_loss for regression), with their status."""
+    """The sweep's points with their status: succeeded ones first, best first (val_acc;
+    val_loss for regression), then the others (see `order`)."""
     try:
         return _sweep_public(session, sweep_id)
     except queue.SweepNotFound as exc:
         raise NotFound(str(exc)) from exc
+
+
+@router.post(
+    "/{sweep_id}/cancel",
+    response_model=SweepPublic,
+    responses={
+        **NOT_FOUND,
+        409: {"model": ErrorResponse, "description": "Every job of the sweep already finished"},
+    },
+)
+def cancel_sweep(sweep_id: SweepId, request: Request, session: SessionDep) -> SweepPublic:
+    """Cancel every unfinished job of the sweep, as POST /jobs/{id}/cancel does each: queued
+    ones at once, running ones within seconds; finished ones keep their outcome."""
+    try:
+        jobs = queue.cancel_sweep(session, sweep_id)
+    except queue.SweepNotFound as exc:
+        raise NotFound(str(exc)) from exc
+    except queue.SweepFinished as exc:
+        raise Conflict(f"{exc}; only queued or running jobs can be cancelled") from exc
+    artifact_dir = request.app.state.settings.resolved_artifact_dir
+    for job in jobs:
+        if job.status == JobStatus.CANCELLED.value and job.started_at is not None:
+            # Queued to resume, it kept its last checkpoint (as in POST /jobs/{id}/cancel); a
+            # job that never started has none, and a running job's worker removes its own.
+            artifacts.remove_checkpoint(artifact_dir, job.id)
+    return _sweep_public(session, sweep_id)

@@ -237,6 +237,7 @@ def test_unknown_ids_are_404(client: httpx.Client) -> None:
     for path in ("/jobs/999999", "/jobs/999999/metrics", "/models/999999"):
         assert_error(client.get(path), 404)
     assert_error(client.post("/jobs/999999/cancel"), 404)
+    assert_error(client.post("/sweeps/999999/cancel"), 404)
     assert_error(client.post("/models/999999/predict", json={"instances": []}), 404)
     assert_error(client.get("/jobs/abc"), 422, "job_id")
     assert_error(client.get("/jobs/99999999999999999999"), 422, "job_id")
@@ -256,6 +257,7 @@ def test_path_ids_are_plain_ascii_digits(client: httpx.Client, trained_model: di
             ("GET", f"/jobs/{raw}/metrics", "job_id"),
             ("POST", f"/jobs/{raw}/cancel", "job_id"),
             ("GET", f"/sweeps/{raw}", "sweep_id"),
+            ("POST", f"/sweeps/{raw}/cancel", "sweep_id"),
             ("GET", f"/models/{raw}", "model_id"),
             ("GET", f"/models/{raw}/export?format=onnx", "model_id"),
             ("POST", f"/models/{raw}/predict", "model_id"),
@@ -416,6 +418,7 @@ def test_405_names_every_method_of_the_resource(client: httpx.Client) -> None:
         ("DELETE", "/jobs", {"GET", "HEAD", "POST"}),
         ("PUT", "/sweeps", {"GET", "HEAD", "POST"}),
         ("POST", "/health", {"GET", "HEAD"}),
+        ("GET", "/sweeps/1/cancel", {"POST"}),
     ):
         response = client.request(method, path)
         assert_error(response, 405)

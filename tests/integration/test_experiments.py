@@ -3,12 +3,18 @@ linear regression, the architecture switches, the lr range test, k-fold, and swe
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from service import queue
+from service.api.sweeps import ORDER_CLASSIFICATION
+from service.db import make_engine
+from service.schemas import MAX_SWEEP_POINTS
+from service.tables import JobStatus
 from tests.conftest import LiveServer, wait_for_status
 from tests.integration.helpers import raw_post
 
@@ -109,6 +115,7 @@ def test_sweep_creates_one_job_per_point_and_ranks_them(database_url: str, start
     ranked = client.get(f"/sweeps/{sweep['id']}").json()
     accs = [p["val_acc"] for p in ranked["points"]]
     assert accs == sorted(accs, reverse=True) and ranked["status_counts"] == {"succeeded": 4}
+    assert ranked["best_job_id"] == ranked["points"][0]["job_id"] and sweep["best_job_id"] is None
     # a hundredfold lr wins in one epoch: both of its points rank above both slow ones
     assert [p["params"]["lr"] for p in ranked["points"]] == [0.5, 0.5, 0.001, 0.001]
     assert {tuple(p["params"].items()) for p in ranked["points"]} == {
@@ -117,6 +124,108 @@ def test_sweep_creates_one_job_per_point_and_ranks_them(database_url: str, start
     listed = client.get("/sweeps").json()
     assert listed["count"] == 1 and listed["data"][0]["status_counts"] == {"succeeded": 4}
     assert client.get("/sweeps/999").status_code == 404
+
+
+def test_sweep_ranks_only_succeeded_points_by_score(database_url: str, start_server) -> None:
+    """A job cancelled as it finished keeps its final metrics, and so may a failed one; neither
+    has a model to serve, so neither may rank above a succeeded point, nor be the best one.
+    The points are run by a stand-in worker through the queue, on the server's database."""
+    server = start_server(database_url, workers=0)
+    client = httpx.Client(base_url=server.url, timeout=60)
+    body = {"base": {"model": "softmax", **QUICK, "epochs": 1},
+            "grid": {"lr": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}}  # fmt: skip
+    response = client.post("/sweeps", json=body)
+    assert response.status_code == 201, response.text
+    sweep = response.json()
+    assert sweep["best_job_id"] is None and sweep["order"] == ORDER_CLASSIFICATION
+    ids = sorted(p["job_id"] for p in sweep["points"])  # claimed in this order
+    engine = make_engine(database_url)
+    try:
+        claims = [queue.claim_next_job(engine, "stand-in", 60) for _ in range(5)]
+        assert [c.id for c in claims if c is not None] == ids[:5]
+        fair, cancelled, failed, better, running = (c for c in claims if c is not None)
+
+        def finish(claimed: queue.ClaimedJob, status: JobStatus, val_acc: float) -> None:
+            metrics = {"val_acc": val_acc, "val_loss": 1 - val_acc, "test_acc": val_acc}
+            assert queue.finish_job(engine, claimed.id, claimed.token, status,
+                                    final_metrics=metrics, error=None)  # fmt: skip
+
+        finish(fair, JobStatus.SUCCEEDED, 0.6)
+        assert client.post(f"/jobs/{cancelled.id}/cancel").json()["status"] == "running"
+        finish(cancelled, JobStatus.SUCCEEDED, 0.9)  # the accepted cancel wins: no model
+        finish(failed, JobStatus.FAILED, 0.95)
+        finish(better, JobStatus.SUCCEEDED, 0.7)
+        ranked = client.get(f"/sweeps/{sweep['id']}").json()
+        assert [(p["job_id"], p["status"]) for p in ranked["points"]] == [
+            (better.id, "succeeded"), (fair.id, "succeeded"), (running.id, "running"),
+            (ids[5], "queued"), (cancelled.id, "cancelled"), (failed.id, "failed"),
+        ]  # fmt: skip
+        assert ranked["points"][4]["val_acc"] == 0.9  # kept, but not ranked by
+        assert ranked["best_job_id"] == better.id
+        assert client.get(f"/models/{cancelled.id}").status_code == 409
+        assert client.get(f"/models/{failed.id}").status_code == 409
+        assert "succeeded points by val_acc descending" in ranked["order"]
+
+        # With no succeeded point, there is no best one, whatever the others' metrics.
+        ahead = {"base": {**body["base"], "priority": 1}, "grid": {"lr": [0.7]}}
+        alone = client.post("/sweeps", json=ahead).json()  # claimed before the queued point
+        only = queue.claim_next_job(engine, "stand-in", 60)
+        assert only is not None and only.id == alone["points"][0]["job_id"]
+        finish(only, JobStatus.FAILED, 0.99)
+        answer = client.get(f"/sweeps/{alone['id']}").json()
+        assert answer["best_job_id"] is None and answer["points"][0]["status"] == "failed"
+    finally:
+        engine.dispose()
+
+
+def test_cancel_sweep(database_url: str, start_server) -> None:
+    """POST /sweeps/{id}/cancel: every queued point cancelled at once, running ones flagged for
+    their workers, finished ones left alone; 200 with the sweep, 409 once nothing is left."""
+    server = start_server(database_url, workers=0)
+    client = httpx.Client(base_url=server.url, timeout=60)
+    body = {"base": {"model": "softmax", **QUICK, "epochs": 1}, "grid": {"lr": [0.1, 0.2, 0.3]}}
+    sweep = client.post("/sweeps", json=body).json()
+    ids = sorted(p["job_id"] for p in sweep["points"])
+    untouched = client.post("/jobs", json=body["base"]).json()
+    engine = make_engine(database_url)
+    try:
+        done = queue.claim_next_job(engine, "stand-in", 60)
+        running = queue.claim_next_job(engine, "stand-in", 60)
+        assert done is not None and running is not None and [done.id, running.id] == ids[:2]
+        assert queue.finish_job(engine, done.id, done.token, JobStatus.SUCCEEDED,
+                                final_metrics={"val_acc": 0.5})  # fmt: skip
+
+        response = client.post(f"/sweeps/{sweep['id']}/cancel")
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer == client.get(f"/sweeps/{sweep['id']}").json()  # the same body
+        assert answer["status_counts"] == {"succeeded": 1, "running": 1, "cancelled": 1}
+        assert answer["best_job_id"] == done.id
+        jobs = {i: client.get(f"/jobs/{i}").json() for i in ids}
+        assert jobs[ids[2]]["error"] == "cancelled before it started"
+        assert jobs[ids[1]]["status"] == "running" and jobs[ids[1]]["cancel_requested"] is True
+        assert jobs[ids[0]]["status"] == "succeeded" and jobs[ids[0]]["cancel_requested"] is False
+        assert queue.heartbeat(engine, running.id, running.token, 60).cancel_requested is True
+        other = client.get(f"/jobs/{untouched['id']}").json()
+        assert other["status"] == "queued" and other["cancel_requested"] is False
+
+        # Again while a job still runs: harmless, 200. Its worker stops it; then nothing is left.
+        assert client.post(f"/sweeps/{sweep['id']}/cancel").status_code == 200
+        assert queue.finish_job(engine, running.id, running.token, JobStatus.CANCELLED,
+                                error="cancelled by request")  # fmt: skip
+        refused = client.post(f"/sweeps/{sweep['id']}/cancel")
+        assert refused.status_code == 409, refused.text
+        assert refused.json() == {"error": {
+            "status": 409, "code": "conflict", "fields": [],
+            "message": f"every job of sweep {sweep['id']} is already finished (2 cancelled, "
+                       "1 succeeded); only queued or running jobs can be cancelled",
+        }}  # fmt: skip
+        missing = client.post("/sweeps/999/cancel")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+        assert missing.json()["error"]["message"] == "sweep 999 does not exist"
+        assert client.get(f"/jobs/{untouched['id']}").json()["status"] == "queued"
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +307,28 @@ def test_bad_sweeps_name_the_field_and_write_nothing(
     assert response.status_code == 422, response.text
     assert field in [f["field"] for f in response.json()["error"]["fields"]]
     assert api_only.get("/jobs").json()["count"] == 0
+    assert api_only.get("/sweeps").json()["count"] == 0
+
+
+def test_huge_grids_are_refused_from_their_lengths_alone(api_only: httpx.Client) -> None:
+    """The point count comes first, from the lists' lengths: 100,000 values in one list (a
+    quadratic duplicate check took minutes on them), or 2 values for each of 15,000 keys (a
+    4,516-digit count, which str() refuses: a 500), are the one 422 naming `grid`, at once."""
+    seeds = {"base": {"model": "softmax"}, "grid": {"seed": list(range(100_000))}}
+    keys = {"base": {"model": "softmax"}, "grid": {f"k{i}": [0, 1] for i in range(15_000)}}
+    for body, shown in ((seeds, "100000"), (keys, "over 1,000,000,000,000")):
+        assert len(json.dumps(body)) < 1024 * 1024  # within the body limit
+        response = api_only.post("/sweeps", json=body, timeout=30)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["fields"] == [
+            {"field": "grid", "reason": f"{shown} points; at most {MAX_SWEEP_POINTS}"}
+        ]
+    # A repeated value is still found, and named as before (1 and 1.0 are one value).
+    repeated = {"base": {"model": "softmax"}, "grid": {"lr": [0.5, 1, [1], 1.0]}}
+    error = api_only.post("/sweeps", json=repeated).json()["error"]
+    assert error["fields"] == [
+        {"field": "grid.lr", "reason": "1.0 is given twice (points would repeat)"}
+    ]
     assert api_only.get("/sweeps").json()["count"] == 0
 
 

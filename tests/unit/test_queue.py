@@ -30,6 +30,8 @@ from service.queue import (
     IdempotencyKeyReused,
     JobFinished,
     JobNotFound,
+    SweepFinished,
+    SweepNotFound,
     cancel_job,
     cancel_requested,
     claim_next_job,
@@ -431,9 +433,14 @@ def test_answers_that_write_nothing_leave_no_write_lock_behind(db: Db) -> None:
     """A replayed key or a refused cancel must end its transaction before it returns: the API's
     session stays open until the response is built, and a burst of retries holding SQLite's
     write lock meanwhile deadlocked the thread pool (30 s per busy timeout)."""
-    job_id = db.submit(idempotency_key="k")
     finished = db.submit()
-    finish_job(db.engine, finished, claim(db).token, JobStatus.SUCCEEDED)
+    job_id = db.submit(idempotency_key="k")
+    claimed = claim(db)
+    assert claimed.id == finished  # the oldest: finishing it with another job's token did nothing
+    assert finish_job(db.engine, finished, claimed.token, JobStatus.SUCCEEDED)
+    done_sweep, _ = create_sweep_of(db, 2)
+    with db.sessions() as session:
+        queue.cancel_sweep(session, done_sweep)  # every job cancelled: nothing left to cancel
     calls: list[Callable[[Session], Any]] = [
         lambda s: submit_job(s, dict(CONFIG), idempotency_key="k"),
         lambda s: submit_job(s, {**CONFIG, "epochs": 9}, idempotency_key="k"),
@@ -442,10 +449,13 @@ def test_answers_that_write_nothing_leave_no_write_lock_behind(db: Db) -> None:
         lambda s: create_keyed_sweep(s, "sweep-1", grid={"lr": [0.5]}),
         lambda s: cancel_job(s, finished),
         lambda s: cancel_job(s, 10_000),
+        lambda s: queue.cancel_sweep(s, done_sweep),
+        lambda s: queue.cancel_sweep(s, 10_000),
     ]
+    refusals = (IdempotencyKeyReused, JobFinished, JobNotFound, SweepFinished, SweepNotFound)
     for call in calls:
         with db.sessions() as session:
-            with contextlib.suppress(IdempotencyKeyReused, JobFinished, JobNotFound):
+            with contextlib.suppress(*refusals):
                 call(session)
             write_at_once(db, job_id)  # while the session is still open
 
@@ -785,6 +795,115 @@ def test_a_cancel_that_finds_the_job_requeued_meanwhile_still_cancels_it(db: Db)
         cancel_job(session, job_id)  # no JobFinished
     assert stopped.result() == "cancelled"
     assert db.job(job_id).status == "cancelled"
+
+
+# --- cancel a sweep --------------------------------------------------------------------------
+
+
+def create_sweep_of(db: Db, points: int) -> tuple[int, list[int]]:
+    """A sweep of `points` queued jobs (one seed each): its id and its jobs' ids."""
+    with db.sessions() as session:
+        sweep, jobs = queue.create_sweep(
+            session, base={"model": "lenet"}, grid={"seed": list(range(points))},
+            configs=[{**CONFIG, "seed": i} for i in range(points)],
+        )  # fmt: skip
+        return sweep.id, [j.id for j in jobs]
+
+
+def test_cancel_sweep_cancels_queued_flags_running_and_leaves_finished_alone(db: Db) -> None:
+    sweep_id, (done, running, resumable, fresh, fresh2) = create_sweep_of(db, 5)
+    done_claim, running_claim, resumable_claim = claim(db), claim(db), claim(db)
+    assert (done_claim.id, running_claim.id, resumable_claim.id) == (done, running, resumable)
+    final = {"val_acc": 0.8, "val_loss": 0.5, "test_acc": 0.79}
+    assert finish_job(db.engine, done, done_claim.token, JobStatus.SUCCEEDED, final_metrics=final)
+    assert release_job(db.engine, resumable, resumable_claim.token) == "queued"  # to resume
+    other_sweep, others = create_sweep_of(db, 1)
+    loose = db.submit()
+    finished_at = db.job(done).finished_at
+
+    with db.sessions() as session:
+        changed = queue.cancel_sweep(session, sweep_id)
+        assert [(j.id, j.status) for j in changed] == [
+            (running, "running"), (resumable, "cancelled"), (fresh, "cancelled"),
+            (fresh2, "cancelled"),
+        ]  # fmt: skip
+    flagged = db.job(running)
+    assert flagged.cancel_requested is True and flagged.finished_at is None
+    assert heartbeat(db.engine, running, running_claim.token, LONG_LEASE) == queue.Heartbeat(
+        True, True
+    )
+    # Each job as cancel_job leaves it: the same error texts, a finish time, never run again.
+    twin_fresh, twin_resumable = db.submit(priority=-1), db.submit(priority=-1)
+    db.set(twin_resumable, started_at=PAST)
+    with db.sessions() as session:
+        cancel_job(session, twin_fresh)
+        cancel_job(session, twin_resumable)
+    for job_id, twin in ((fresh, twin_fresh), (fresh2, twin_fresh), (resumable, twin_resumable)):
+        job = db.job(job_id)
+        assert job.status == "cancelled" and job.cancel_requested is True
+        assert job.error == db.job(twin).error and job.finished_at is not None
+    assert "queued to resume" in (db.job(resumable).error or "")
+    kept = db.job(done)
+    assert (kept.status, kept.cancel_requested, kept.val_acc) == ("succeeded", False, 0.8)
+    assert kept.finished_at == finished_at
+    # Other sweeps' jobs and jobs of no sweep are not touched.
+    assert [db.job(i).status for i in (*others, loose)] == ["queued", "queued"]
+    assert not any(db.job(i).cancel_requested for i in (*others, loose))
+    assert claim(db).id == others[0]  # the next claim skips every cancelled job
+
+    # Asking again is harmless while a job still runs; the accepted cancel wins over its finish.
+    with db.sessions() as session:
+        assert [(j.id, j.status) for j in queue.cancel_sweep(session, sweep_id)] == [
+            (running, "running")
+        ]
+    assert finish_job(db.engine, running, running_claim.token, JobStatus.SUCCEEDED)
+    assert db.job(running).status == "cancelled"
+    with db.sessions() as session, pytest.raises(SweepFinished) as refused:
+        queue.cancel_sweep(session, sweep_id)
+    assert refused.value.status_counts == {"succeeded": 1, "cancelled": 4}
+    assert str(refused.value) == (
+        f"every job of sweep {sweep_id} is already finished (4 cancelled, 1 succeeded)"
+    )
+    assert db.job(done).status == "succeeded" and db.job(done).cancel_requested is False
+    with db.sessions() as session:
+        _, jobs = queue.get_sweep(session, other_sweep)
+        assert [j.status for j in jobs] == ["running"]
+
+
+def test_cancel_unknown_sweep_raises_not_found(db: Db) -> None:
+    _, [job_id] = create_sweep_of(db, 1)
+    with db.sessions() as session, pytest.raises(SweepNotFound) as missing:
+        queue.cancel_sweep(session, 999)
+    assert str(missing.value) == "sweep 999 does not exist"
+    assert db.job(job_id).status == "queued" and db.job(job_id).cancel_requested is False
+
+
+def test_a_sweep_cancel_that_finds_its_last_job_just_finished(db: Db) -> None:
+    """Deterministic race, as for one job: the worker finishes the sweep's last unfinished job
+    between cancel_sweep's read and its update. SQLite: the cancel holds the write lock, the
+    finish waits and the cancel wins. PostgreSQL: the finish commits first, and the cancel must
+    answer SweepFinished (409), not 200 with nothing cancelled."""
+    sweep_id, (first, last) = create_sweep_of(db, 2)
+    assert finish_job(db.engine, first, claim(db).token, JobStatus.FAILED, error="boom")
+    worker_engine = db.new_engine()
+    claimed = claim_next_job(worker_engine, "w1", LONG_LEASE)
+    assert claimed is not None and claimed.id == last
+    done = Interleave(
+        db.engine,
+        lambda: finish_job(worker_engine, last, claimed.token, JobStatus.SUCCEEDED),
+    )
+    try:
+        with db.sessions() as session:
+            outcome = [j.status for j in queue.cancel_sweep(session, sweep_id)]
+    except SweepFinished as exc:
+        outcome = [f"refused: {exc.status_counts}"]
+    assert done.result() is True
+    final = db.job(last).status
+    if db.dialect == "sqlite":
+        assert (outcome, final) == (["running"], "cancelled")
+    else:
+        assert (outcome, final) == (["refused: {'failed': 1, 'succeeded': 1}"], "succeeded")
+    assert db.job(first).status == "failed"
 
 
 # --- expired leases --------------------------------------------------------------------------
