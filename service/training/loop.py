@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
+from models.dropout import dropouts_drawn_by_rand
 from models.pooling import avg_pools_as_convs
 from service.training.checkpoint_writer import CheckpointWriter
 from service.training.config import DEFAULT_INIT_STD, TrainConfig
@@ -314,8 +315,10 @@ def prepare_classifier(
     if _has_conv(model):
         model.to(memory_format=torch.channels_last)
     if device.type == "cpu":
-        # The same pooling, faster on a CPU (LeNet's steps ~1.4x); no parameters change.
+        # The same pooling and dropout, computed faster on a CPU (LeNet's steps ~1.4x, the
+        # MLP's ~1.2x); no parameters change, so checkpoints and serving are as before.
         avg_pools_as_convs(model)
+        dropouts_drawn_by_rand(model)
     runner = _Runner(model, device, side)
     # Data-parallel: the forward goes through DDP, which averages gradients across ranks.
     forward: nn.Module = model if shard is None else _data_parallel(model, device)
