@@ -36,7 +36,9 @@ class _WindowMean(torch.autograd.Function):
         # in channels_last it repeats whole pixels (NHWC rows), and the result stays so.
         scaled = grad.to(ctx.input_dtype) * (1.0 / (kh * kw))
         if ctx.channels_last:
-            nhwc = scaled.permute(0, 2, 3, 1).repeat_interleave(kh, 1).repeat_interleave(kw, 2)
+            # Columns first, on the smaller tensor: that copy moves C values at a time, the rows'
+            # copy whole rows of pixels.
+            nhwc = scaled.permute(0, 2, 3, 1).repeat_interleave(kw, 2).repeat_interleave(kh, 1)
             spread = nhwc.permute(0, 3, 1, 2)
         else:
             spread = scaled.repeat_interleave(kh, 2).repeat_interleave(kw, 3)
