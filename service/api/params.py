@@ -15,7 +15,8 @@ _PATH_INT = re.compile(r"-?[0-9]+")
 
 
 def _plain_decimal(value: Any) -> Any:
-    """A path id as written: ASCII digits (a minus sign too, for the range check to name).
+    """A path id or paging number as written: ASCII digits (a minus sign too, for the range
+    check to name).
 
     pydantic's lax int also reads ' 1', '1 ', '+1', '1.0' and '1_0', so /jobs/1%20 was job 1
     and a cache or log keyed by path saw many names for one resource. The error is pydantic's
@@ -37,8 +38,8 @@ ModelId = Annotated[
 SweepId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Sweep id"), PlainDecimal]
 
 # Paging of every list endpoint (GET /jobs, /models, /datasets, /sweeps): newest first.
-Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many rows")]
-Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="Rows to skip")]
+Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many rows"), PlainDecimal]
+Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="Rows to skip"), PlainDecimal]
 
 
 # POST /jobs and POST /sweeps: a retry with the same key gets what the first request created.

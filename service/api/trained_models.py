@@ -409,6 +409,7 @@ EXPORT_FILES = {
         },
     },
     response_class=FileResponse,
+    dependencies=[query_names("format")],
 )
 async def export(
     model_id: ModelId,

@@ -217,6 +217,9 @@ def test_list_query_validation(client: httpx.Client) -> None:
         error = assert_error(client.get(f"{path}?limti=5"), 422, "limti")
         assert "unknown query parameter" in error["message"] and "limit" in error["message"]
         assert client.get(f"{path}?limit=5&offset=0").status_code == 200
+        for lax in ("+5", "%205", "5%20", "5.0", "5_0"):  # pydantic's lax int read each as 5
+            assert_error(client.get(f"{path}?limit={lax}"), 422, "limit")
+            assert_error(client.get(f"{path}?offset={lax}"), 422, "offset")
 
 
 def test_health_answers_get_and_head(client: httpx.Client) -> None:

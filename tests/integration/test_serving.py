@@ -307,6 +307,8 @@ def test_export_parity(client: httpx.Client, models: dict[str, int]) -> None:
     _assert_v1_error(client.get(f"/models/{model}/export", params={"format": "pkl"}), 422,
                      "format")  # fmt: skip
     _assert_v1_error(client.get(f"/models/{model}/export"), 422, "format")
+    _assert_v1_error(client.get(f"/models/{model}/export?format=onnx&format=pkl"), 422, "format")
+    _assert_v1_error(client.get(f"/models/{model}/export?format=onnx&fromat=onnx"), 422, "fromat")
     _assert_v1_error(client.get("/models/999999/export", params={"format": "onnx"}), 404)
 
 
