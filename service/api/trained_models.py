@@ -234,7 +234,7 @@ def _query_int(query: QueryParams, name: str, low: int, high: int) -> int | None
     raw = query.get(name)
     if raw is None:
         return None
-    value = decimal_int(raw)
+    value = decimal_int(raw) if raw == raw.strip() else None  # ' 2' is no more 2 than '+2'
     if value is None or not low <= value <= high:
         reason = f"must be an integer from {low} to {high}, got {raw!r}"
         raise InvalidRequest.for_fields([(name, reason)])

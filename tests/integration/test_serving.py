@@ -159,6 +159,8 @@ def test_query_parameters_are_checked_like_body_keys(
     cases = [
         ("mc_dropout=%C2%B2", "mc_dropout"),  # '²': isdigit() but not int()
         ("mc_dropout=%D9%A3", "mc_dropout"),  # Arabic-Indic 3: not taken as 3
+        ("mc_dropout=%202", "mc_dropout"),  # ' 2': digits as written, as in the list queries
+        ("mc_dropout=2&seed=1%20", "seed"),
         ("mc_dropout=2&seed=%C2%B2", "seed"),
         ("mc_droput=20", "mc_droput"),
         ("mc_dropout=2&mc_dropout=3", "mc_dropout"),
