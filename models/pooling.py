@@ -2,9 +2,11 @@
 
 On a CPU, ``avg_pool2d`` over few channels (LeNet's 6 and 16) runs a scalar loop per output
 pixel, forward and backward: on the 2-core machine this project is developed on it took about a
-third of a LeNet training step. The same pooling as a grouped convolution with fixed weights
-1/(kh·kw) goes through oneDNN's vectorised kernels. It runs in fp32 even under bf16 autocast:
-oneDNN's bf16 depthwise backward is the slow one there.
+third of a LeNet training step. Here the forward is a grouped convolution with fixed weights
+1/(kh·kw), which goes through oneDNN's vectorised kernels, in the input's precision (bf16 under
+autocast). The backward is written out, each gradient repeated over its window: the
+convolution's own backward is slow in bf16 (a 2x2 depthwise one took 15 ms at LeNet's size).
+Only non-overlapping windows are swapped, for which that is exactly avg_pool2d's backward.
 
 The swap changes how the net computes, not what: no parameters or buffers are added (the
 weight is a cached constant), so state_dict and checkpoints are the same either way.
@@ -49,10 +51,11 @@ class _WindowMean(torch.autograd.Function):
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
+    """Stored NHWC (a tensor that is both, one pixel or one channel, counts as NCHW)."""
     return (
         x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)
-        and not (x.is_contiguous())
+        and not x.is_contiguous()
     )
 
 
