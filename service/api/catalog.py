@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 import models
+from service.api.params import query_names
 from service.schemas import default_lr
 from service.training.config import LR_SCHEDULES, OPTIMIZERS
 from service.training.data import KNOWN_DATASETS
@@ -13,7 +14,7 @@ from service.training.data import KNOWN_DATASETS
 router = APIRouter(tags=["catalog"])
 
 
-@router.get("/catalog")
+@router.get("/catalog", dependencies=[query_names()])
 def catalog() -> dict[str, object]:
     """Networks (with the defaults a job gets when it omits lr, dropout, resize), datasets.
 

@@ -194,7 +194,12 @@ def list_datasets(
     return DatasetsPublic(data=[DatasetPublic.from_row(r) for r in rows], count=count)
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic, responses=NOT_FOUND)
+@router.get(
+    "/{dataset_id}",
+    response_model=DatasetPublic,
+    responses=NOT_FOUND,
+    dependencies=[query_names()],
+)
 def get_dataset(dataset_id: DatasetId, session: SessionDep) -> DatasetPublic:
     """One uploaded dataset: kind, sizes, shape, classes."""
     try:

@@ -81,7 +81,9 @@ def list_jobs(
     return JobsPublic(data=[JobPublic.from_job(j) for j in jobs], count=count)
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
+@router.get(
+    "/{job_id}", response_model=JobPublic, responses=NOT_FOUND, dependencies=[query_names()]
+)
 def get_job(job_id: JobId, session: SessionDep) -> JobPublic:
     """One job: its status, configuration, progress and final metrics."""
     try:
@@ -90,7 +92,12 @@ def get_job(job_id: JobId, session: SessionDep) -> JobPublic:
         raise NotFound(str(exc)) from exc
 
 
-@router.get("/{job_id}/metrics", response_model=EpochMetricsPublic, responses=NOT_FOUND)
+@router.get(
+    "/{job_id}/metrics",
+    response_model=EpochMetricsPublic,
+    responses=NOT_FOUND,
+    dependencies=[query_names()],
+)
 def get_metrics(job_id: JobId, session: SessionDep) -> EpochMetricsPublic:
     """Per-epoch training and validation curves, epoch numbered from 1."""
     try:

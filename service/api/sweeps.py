@@ -263,7 +263,9 @@ def list_sweeps(
     )
 
 
-@router.get("/{sweep_id}", response_model=SweepPublic, responses=NOT_FOUND)
+@router.get(
+    "/{sweep_id}", response_model=SweepPublic, responses=NOT_FOUND, dependencies=[query_names()]
+)
 def get_sweep(sweep_id: SweepId, session: SessionDep) -> SweepPublic:
     """The sweep's points with their status: succeeded ones first, best first (val_acc;
     val_loss for regression), then the others (see `order`)."""

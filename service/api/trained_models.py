@@ -158,7 +158,9 @@ def list_models(
     )
 
 
-@router.get("/{model_id}", response_model=ModelPublic, responses=ERRORS)
+@router.get(
+    "/{model_id}", response_model=ModelPublic, responses=ERRORS, dependencies=[query_names()]
+)
 def get_model(model_id: ModelId, request: Request, session: SessionDep) -> ModelPublic:
     """One trained model: network, configuration and test accuracy."""
     job = _trained_job(session, model_id)

@@ -217,6 +217,13 @@ def test_list_query_validation(client: httpx.Client) -> None:
         error = assert_error(client.get(f"{path}?limti=5"), 422, "limti")
         assert "unknown query parameter" in error["message"] and "limit" in error["message"]
         assert client.get(f"{path}?limit=5&offset=0").status_code == 200
+    # A path that takes no query parameters refuses one rather than ignoring it (a user's
+    # ?limit=1 on /metrics would otherwise get every row without a word).
+    for path in ("/jobs/1", "/jobs/1/metrics", "/sweeps/1", "/models/1", "/datasets/ds_x",
+                 "/catalog"):  # fmt: skip
+        error = assert_error(client.get(f"{path}?limit=1"), 422, "limit")
+        assert "takes none" in error["message"]
+    for path in ("/jobs", "/models", "/datasets", "/sweeps"):
         for lax in ("+5", "%205", "5%20", "5.0", "5_0"):  # pydantic's lax int read each as 5
             assert_error(client.get(f"{path}?limit={lax}"), 422, "limit")
             assert_error(client.get(f"{path}?offset={lax}"), 422, "offset")
