@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -37,6 +37,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from service.tables import FINISHED_STATUSES, EpochMetric, Job, JobKind, JobStatus, Sweep
 from service.training.config import REGRESSION_MODELS
+
+T = TypeVar("T")
 
 JOBS = Job.__table__
 METRICS = EpochMetric.__table__
@@ -206,27 +208,47 @@ def submit_job(
     a retry draws them anew, so they do not make it a different request. Any other difference
     raises IdempotencyKeyReused rather than silently returning a job the caller did not ask for.
     """
-    with _writing(session):
-        if idempotency_key is not None:
-            existing = _job_with_key(session, idempotency_key)
-            if existing is not None:
-                session.commit()  # nothing to write: the lock goes now
-                return _same_request(existing, config, priority, drawn)
+
+    def insert() -> Job:
         job = _new_job(session, config, priority, max_attempts, idempotency_key=idempotency_key)
         session.add(job)
-        try:
-            session.commit()
-        except IntegrityError:
-            # A concurrent request with the same key won the insert: return its job.
-            session.rollback()
-            if idempotency_key is None:
-                raise
-            existing = _job_with_key(session, idempotency_key)
-            if existing is None:
-                raise
-            return _same_request(existing, config, priority, drawn)
+        session.commit()
         session.refresh(job)
         return job
+
+    return _insert_once(
+        session,
+        idempotency_key,
+        find=lambda key: _job_with_key(session, key),
+        same=lambda existing: _same_request(existing, config, priority, drawn),
+        insert=insert,
+    )
+
+
+def _insert_once(
+    session: Session,
+    idempotency_key: str | None,
+    *,
+    find: Callable[[str], Any],
+    same: Callable[[Any], T],
+    insert: Callable[[], T],
+) -> T:
+    """``insert()`` (which commits) in a write transaction, unless the idempotency key already
+    created something: then ``same(existing)``, which returns it or raises
+    IdempotencyKeyReused. A concurrent request that inserts the key first makes our insert
+    fail on the unique key; we then answer with its row."""
+    with _writing(session):
+        existing = find(idempotency_key) if idempotency_key is not None else None
+        if existing is not None:
+            session.commit()  # nothing to write: the lock goes now
+            return same(existing)
+        try:
+            return insert()
+        except IntegrityError:
+            session.rollback()
+            if idempotency_key is None or (existing := find(idempotency_key)) is None:
+                raise
+            return same(existing)
 
 
 def _job_with_key(session: Session, idempotency_key: str) -> Job | None:
@@ -670,34 +692,28 @@ def create_sweep(
     The request is its base and grid (a seed drawn for the points is in neither): a key reused
     with another raises IdempotencyKeyReused, as submit_job does.
     """
-    with _writing(session):
-        if idempotency_key is not None:
-            existing = _sweep_with_key(session, idempotency_key)
-            if existing is not None:
-                session.commit()  # nothing to write: the lock goes now
-                return _same_sweep(session, existing, base, grid)
+
+    def insert() -> tuple[Sweep, list[Job]]:
         sweep = Sweep(
             base=base, grid=grid, created_at=created_now(session), idempotency_key=idempotency_key
         )
         session.add(sweep)
-        try:
-            session.flush()  # the sweep's id, for its jobs; a concurrent twin's key fails here
-            jobs = [
-                _new_job(session, config, priority, max_attempts, sweep_id=sweep.id)
-                for config in configs
-            ]
-            session.add_all(jobs)
-            session.commit()
-        except IntegrityError:
-            # A concurrent request with the same key won the insert: return its sweep.
-            session.rollback()
-            if idempotency_key is None:
-                raise
-            existing = _sweep_with_key(session, idempotency_key)
-            if existing is None:
-                raise
-            return _same_sweep(session, existing, base, grid)
+        session.flush()  # the sweep's id, for its jobs; a concurrent twin's key fails here
+        jobs = [
+            _new_job(session, config, priority, max_attempts, sweep_id=sweep.id)
+            for config in configs
+        ]
+        session.add_all(jobs)
+        session.commit()
         return sweep, jobs
+
+    return _insert_once(
+        session,
+        idempotency_key,
+        find=lambda key: _sweep_with_key(session, key),
+        same=lambda existing: _same_sweep(session, existing, base, grid),
+        insert=insert,
+    )
 
 
 def _sweep_with_key(session: Session, idempotency_key: str) -> Sweep | None:

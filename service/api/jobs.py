@@ -26,7 +26,7 @@ from service.schemas import (
     JobPublic,
     JobsPublic,
 )
-from service.tables import JobStatus
+from service.tables import Job, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 STATUSES = tuple(s.value for s in JobStatus)
@@ -120,9 +120,12 @@ def cancel_job(job_id: JobId, request: Request, session: SessionDep) -> JobPubli
         raise NotFound(str(exc)) from exc
     except queue.JobFinished as exc:
         raise Conflict(f"{exc}; only queued or running jobs can be cancelled") from exc
-    if job.status == JobStatus.CANCELLED.value:
-        # A job queued to resume kept its last checkpoint (AlexNet's: 178 MiB); nothing will
-        # resume it now. (A running job's worker removes its own.)
-        artifact_dir = request.app.state.settings.resolved_artifact_dir
-        artifacts.remove_checkpoint(artifact_dir, job_id)
+    drop_resume_checkpoint(request, job)
     return JobPublic.from_job(job)
+
+
+def drop_resume_checkpoint(request: Request, job: Job) -> None:
+    """After a cancel: a job that was queued to resume kept its last checkpoint (AlexNet's:
+    178 MiB), which nothing will resume now. (A running job's worker removes its own.)"""
+    if job.status == JobStatus.CANCELLED.value:
+        artifacts.remove_checkpoint(request.app.state.settings.resolved_artifact_dir, job.id)

@@ -63,11 +63,8 @@ def refuse_unknown_query(query: QueryParams, known: Sequence[str]) -> None:
     """A misspelt (?mc_droput=20, ?stauts=failed) or repeated (?status=a&status=b) parameter
     must not quietly give another answer than the one asked for: 422 naming it."""
     names = [name for name, _ in query.multi_items()]
-    unknown = (
-        f"unknown query parameter (known: {', '.join(known)})"
-        if known
-        else ("unknown query parameter (this path takes none)")
-    )
+    listed = f"known: {', '.join(known)}" if known else "this path takes none"
+    unknown = f"unknown query parameter ({listed})"
     problems = [(n, unknown) for n in sorted(set(names) - set(known))]
     problems += [(n, "given more than once in the query")
                  for n in known if names.count(n) > 1]  # fmt: skip

@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import APIRouter, Request, status
 from pydantic import ValidationError
 
-from service import artifacts, datasets_store, queue
+from service import datasets_store, queue
+from service.api.jobs import drop_resume_checkpoint
 from service.api.json_body_limit import JSON_BODY_ROUTE
 from service.api.params import (
     IdempotencyKey,
@@ -292,10 +293,7 @@ def cancel_sweep(sweep_id: SweepId, request: Request, session: SessionDep) -> Sw
         raise NotFound(str(exc)) from exc
     except queue.SweepFinished as exc:
         raise Conflict(f"{exc}; only queued or running jobs can be cancelled") from exc
-    artifact_dir = request.app.state.settings.resolved_artifact_dir
     for job in jobs:
-        if job.status == JobStatus.CANCELLED.value and job.started_at is not None:
-            # Queued to resume, it kept its last checkpoint (as in POST /jobs/{id}/cancel); a
-            # job that never started has none, and a running job's worker removes its own.
-            artifacts.remove_checkpoint(artifact_dir, job.id)
+        if job.started_at is not None:  # one that never ran has no checkpoint: no remote delete
+            drop_resume_checkpoint(request, job)
     return _sweep_public(session, sweep_id)
