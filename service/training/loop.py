@@ -26,7 +26,9 @@ from torch import nn
 import models
 from models.dropout import dropouts_drawn_by_rand
 from models.pooling import avg_pools_as_convs
+from service.training.autotune import FullBatchAutotunedSteps
 from service.training.checkpoint_writer import CheckpointWriter
+from service.training.compiled import full_batches_compiled, worth_compiling
 from service.training.config import DEFAULT_INIT_STD, TrainConfig
 from service.training.data import Splits, load_dataset, make_splits
 from service.training.graphed import GraphedSteps, cuda_graphs_enabled
@@ -280,9 +282,12 @@ class Classifier:
 
     def steps(self, batch_size: int) -> EagerSteps:
         """The step runner for every epoch of this run."""
+        device = self.runner.device
         if self.graphs:
-            return GraphedSteps(self.objective, self.optimizer, self.runner.device, batch_size)
-        return EagerSteps(self.objective, self.optimizer, self.runner.device)
+            return GraphedSteps(self.objective, self.optimizer, device, batch_size)
+        if self.runner.cuda and self.runner.convolutional:
+            return FullBatchAutotunedSteps(self.objective, self.optimizer, device, batch_size)
+        return EagerSteps(self.objective, self.optimizer, device)
 
 
 def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
@@ -321,13 +326,24 @@ def prepare_classifier(
         dropouts_drawn_by_rand(model)
     runner = _Runner(model, device, side)
     # Data-parallel: the forward goes through DDP, which averages gradients across ranks.
-    forward: nn.Module = model if shard is None else _data_parallel(model, device)
+    forward: Callable[[torch.Tensor], torch.Tensor] = (
+        model if shard is None else _data_parallel(model, device)
+    )
     # A captured step holds its lr as a constant, so a run whose lr changes steps eagerly.
     graphs = (
         shard is None
         and config.lr_schedule == "constant"
         and cuda_graphs_enabled(device, config.model, side)
     )
+    if not graphs and worth_compiling(
+        device,
+        config.model,
+        runner.convolutional,
+        side,
+        examples_trained=config.epochs * len(train_y),
+        data_parallel=shard is not None,
+    ):
+        forward = full_batches_compiled(model, config.batch_size)
 
     def objective(idx: torch.Tensor) -> StepOutput:
         x, y = runner.inputs(train_x[idx]), train_y[idx]
@@ -426,9 +442,8 @@ def fit(
 
     lead = shard is None or shard.rank == 0
 
+    # cudnn.benchmark stays off but for full training batches (``autotune``).
     run = fresh()
-    if run.runner.cuda:
-        torch.backends.cudnn.benchmark = True
 
     history: list[EpochMetrics] = []
     start_epoch = 1
