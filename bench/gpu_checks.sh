@@ -3,8 +3,8 @@
 # machine with a CUDA device.
 #
 #   BUDGET=720 bash bench/gpu_checks.sh   # every stage but variants (about 11 min on an H100)
-#   bash bench/gpu_checks.sh models   # or some of: pytest models service small10 concurrent
-#                                     # large big256 profile variants
+#   bash bench/gpu_checks.sh models   # or some of: pytest models service compiled predict
+#                       # small10 concurrent large big256 profile variants lenetvar bigvar
 #
 # The training stages need torch and numpy only. `pytest` needs pytest; `service` runs
 # `python -m service.cli serve` (fastapi, sqlalchemy, uvicorn, ...): where those are missing,
@@ -30,7 +30,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
-STAGES=${*:-pytest models service small10 concurrent large big256 profile}
+STAGES=${*:-pytest models service predict small10 concurrent large big256 profile}
 FAILED=0
 
 run() {  # run NAME CMD...: print and log the command's output, remember a failure
@@ -49,17 +49,36 @@ run() {  # run NAME CMD...: print and log the command's output, remember a failu
 serve() {  # serve PORT: the service (API + one worker per GPU slot) on 127.0.0.1:PORT
   local port=$1 state
   state=$(mktemp -d)
-  TRAINSERVE_STATE_DIR=$state TRAINSERVE_PORT=$port TRAINSERVE_INFERENCE_DEVICE=cuda \
-    $PY -m service.cli serve >"$OUT_DIR/server.log" 2>&1 &
+  TRAINSERVE_STATE_DIR=$state TRAINSERVE_PORT=$port TRAINSERVE_INFERENCE_DEVICE=${TRAINSERVE_INFERENCE_DEVICE:-cuda} \
+    $PY -m service.cli serve >"$OUT_DIR/server-$port.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 120); do
     $PY -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/health', timeout=1)" \
       2>/dev/null && return 0
     sleep 0.5
   done
-  echo "server did not come up; its log:"; tail -40 "$OUT_DIR/server.log"; kill "$SERVER_PID"
+  echo "server did not come up; its log:"; tail -40 "$OUT_DIR/server-$port.log"; kill "$SERVER_PID"
   return 1
 }
+
+warm_workers() {  # warm_workers PORT: one tiny job per worker, as on a service already running
+  run warmup $PY bench/service_e2e.py --url "http://127.0.0.1:$1" --jobs 2 --timeout 120 \
+    --body '{"model": "softmax", "dataset": "synthetic", "epochs": 1}'
+}
+
+course_recipes() {  # course_recipes PORT LOG: each 224-px net, 224 px, batch 128, course lr, 10 ep.
+  for model in vgg alexnet nin; do
+    run "$2" $PY bench/service_e2e.py --url "http://127.0.0.1:$1" --model $model --epochs 10 \
+      --batch-size 128 --timeout 150
+  done
+}
+
+# The service stage's VGG jobs at low resolution (10 epochs unless a body says otherwise)
+VGG_BODIES=(
+  '{"resize": 112, "batch_size": 256, "lr": 0.02, "optimizer": "momentum", "lr_schedule": "onecycle"}'
+  '{"resize": 112, "batch_size": 256, "lr": 0.03, "optimizer": "momentum", "lr_schedule": "onecycle", "weight_decay": 0.0005}'
+  '{"resize": 112, "batch_size": 256, "lr": 0.02, "optimizer": "momentum", "lr_schedule": "onecycle", "epochs": 12}'
+)
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $PY -c 'import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device")'
@@ -92,26 +111,48 @@ for stage in $STAGES; do
         --variants service,eager,nchw,fp32,nchw-fp32,nobench,compile --no-table
       run variants $PY bench/profile_step.py --models alexnet,vgg,nin --batch-size 128 \
         --variants service,nchw,fp32,nobench,compile --no-table ;;
+    lenetvar)  # LeNet's step in each layout and precision, at the course's batch and a large one
+      for bs in 256 2048; do
+        run lenetvar $PY bench/profile_step.py --models lenet,mlp --batch-size $bs --steps 50 \
+          --variants service,eager,nchw,fp32,nchw-fp32,nobench --no-table
+      done ;;
+    bigvar)  # the 224-px nets' step: cuDNN heuristics vs autotuning, batch 256; VGG compiled
+      run bigvar $PY bench/profile_step.py --models alexnet,vgg,nin --batch-size 128 \
+        --variants service,nobench --no-table
+      run bigvar $PY bench/profile_step.py --models alexnet,vgg,nin --batch-size 256 \
+        --variants service --no-table
+      run bigvar $PY bench/profile_step.py --models vgg --batch-size 128 --variants compile \
+        --no-table ;;
     concurrent)  # aggregate examples/s of 1, 2, 4, 8 LeNet trainings sharing the GPU
       for n in 1 2 4 8; do
         run concurrent $PY bench/train.py --concurrent "$n" --epochs 10 \
           --json "$OUT_DIR/concurrent-$n.json"
       done ;;
-    service)  # through the HTTP service: VGG submit -> succeeded, then AlexNet predict load
+    service)  # through the HTTP service: VGG submit -> succeeded at low resolution (the lead for
+      # 0.92 in 15 s), then each 224-px net with the course's recipe (its 10-epoch accuracy)
       if serve 8765; then
-        # onecycle first (the lead for 0.92 in 15 s), then the constant lr measured before (0.903)
-        for body in '{"resize": 112, "batch_size": 256, "lr": 0.1, "lr_schedule": "onecycle"}' \
-                    '{"resize": 112, "batch_size": 256, "lr": 0.2, "lr_schedule": "onecycle"}' \
-                    '{"resize": 64, "batch_size": 256, "lr": 0.2, "lr_schedule": "onecycle"}' \
-                    '{"resize": 112, "batch_size": 256, "lr": 0.1}'; do
+        warm_workers 8765
+        for body in "${VGG_BODIES[@]}"; do
           run e2e $PY bench/service_e2e.py --url http://127.0.0.1:8765 --model vgg --epochs 10 \
             --body "$body" --timeout 120
         done
-        run predict $PY bench/predict.py --url http://127.0.0.1:8765 --network alexnet \
+        course_recipes 8765 e2e
+        kill "$SERVER_PID"; wait "$SERVER_PID"
+      else
+        FAILED=1
+      fi ;;
+    compiled)  # the same 224-px course recipes with TRAINSERVE_COMPILE=1 (torch.compile always)
+      if TRAINSERVE_COMPILE=1 serve 8767; then
+        warm_workers 8767
+        course_recipes 8767 compiled
+        kill "$SERVER_PID"; wait "$SERVER_PID"
+      else
+        FAILED=1
+      fi ;;
+    predict)  # AlexNet predict load on the GPU, dynamic batching on and off
+      if serve 8766; then
+        run predict $PY bench/predict.py --url http://127.0.0.1:8766 --network alexnet \
           --seconds 3 --warmup 1
-        # the course's recipe: 224 px, batch 128, lr 0.05
-        run e2e $PY bench/service_e2e.py --url http://127.0.0.1:8765 --model vgg --epochs 10 \
-          --batch-size 128 --timeout 120
         kill "$SERVER_PID"; wait "$SERVER_PID"
       else
         FAILED=1
