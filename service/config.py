@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # process reads it from the environment (service.training.precision); checked here so that
     # a typo stops `trainserve` at start instead of failing jobs.
     cpu_bf16: str = "auto"
+    # torch.compile of the training forward: auto, 1 or 0 (service.training.compiled); read by
+    # each job process, checked here for the same reason.
+    compile: str = "auto"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)  # 0: any free port
 
@@ -93,6 +96,14 @@ class Settings(BaseSettings):
         from service.training.precision import parse_cpu_bf16
 
         parse_cpu_bf16(value)
+        return value
+
+    @field_validator("compile")
+    @classmethod
+    def _compile_word(cls, value: str) -> str:
+        from service.training.compiled import parse_compile
+
+        parse_compile(value)
         return value
 
     @property

@@ -31,6 +31,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from service.training.precision import FALSE_WORDS, TRUE_WORDS
+
 log = logging.getLogger(__name__)
 
 ENV_SWITCH = "TRAINSERVE_COMPILE"
@@ -41,13 +43,20 @@ COMPILE_COST_S = {"vgg": 14.0}
 MARGIN = 2.0  # compile only when the expected saving is this many times the cost
 
 
-def compile_mode() -> str:
-    value = os.environ.get(ENV_SWITCH, "auto").strip().lower()
-    if value in {"0", "false", "no", "off"}:
-        return "off"
-    if value in {"1", "true", "yes", "on"}:
+def parse_compile(value: str) -> str:
+    """``auto``, ``on`` or ``off``; ValueError for anything else."""
+    word = value.strip().lower()
+    if word in ("", "auto"):
+        return "auto"
+    if word in TRUE_WORDS:
         return "on"
-    return "auto"
+    if word in FALSE_WORDS:
+        return "off"
+    raise ValueError(f"must be auto, 1 or 0, not {value!r}")
+
+
+def compile_mode() -> str:
+    return parse_compile(os.environ.get(ENV_SWITCH, "auto"))
 
 
 def expected_saving_s(model: str, examples_trained: int, side: int) -> float:

@@ -27,6 +27,7 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         ("TRAINSERVE_INFERENCE_DEVICE", "gpu", "must be cpu, cuda or cuda:N, not 'gpu'"),
         ("TRAINSERVE_SLOTS_PER_GPU", "0", "TRAINSERVE_SLOTS_PER_GPU: Input should be greater"),
         ("TRAINSERVE_CPU_BF16", "maybe", "must be auto, 1 or 0, not 'maybe'"),
+        ("TRAINSERVE_COMPILE", "always", "must be auto, 1 or 0, not 'always'"),
         ("TRAINSERVE_LEASE_SECONDS", "5", "longer than TRAINSERVE_HEARTBEAT_SECONDS (5)"),
         ("TRAINSERVE_LEASE_SECONDS", "inf", "less than or equal to 86400"),  # overflowed later
         ("TRAINSERVE_POLL_SECONDS", "1e300", "less than or equal to 86400"),
