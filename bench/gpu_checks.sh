@@ -2,9 +2,11 @@
 # The GPU checks and benchmarks of the fast-training and inference issues, in one script for a
 # machine with a CUDA device.
 #
-#   BUDGET=720 bash bench/gpu_checks.sh   # every stage but variants (about 11 min on an H100)
-#   bash bench/gpu_checks.sh models   # or some of: pytest models service compiled predict
-#                       # small10 concurrent large big256 profile variants lenetvar bigvar
+#   bash bench/gpu_checks.sh             # pytest models service predict small10 concurrent
+#                                        # large big256 profile: more than one 10-min call
+#   BUDGET=540 bash bench/gpu_checks.sh service pytest lenetvar bigvar   # 5.5 min on an H200
+#   (stages: pytest models service compiled predict small10 concurrent large big256 profile
+#    variants lenetvar bigvar)
 #
 # The training stages need torch and numpy only. `pytest` needs pytest; `service` runs
 # `python -m service.cli serve` (fastapi, sqlalchemy, uvicorn, ...): where those are missing,
