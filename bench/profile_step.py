@@ -15,7 +15,8 @@ Variants (bench-only: they patch the service's choices for this process, nothing
 - nchw: no channels_last; fp32: no autocast; nchw-fp32: both;
 - eager: the service's choices without CUDA graphs;
 - compile: `torch.compile` of the model's forward, eager steps (graphs off);
-- nobench: cudnn.benchmark off (cuDNN's heuristics instead of autotuning).
+- nobench: cuDNN's heuristics for every step (the service autotunes full training batches of the
+  conv nets' eager steps: service/training/autotune.py).
 """
 
 from __future__ import annotations
@@ -39,10 +40,15 @@ from train_loop import sync_device  # noqa: E402
 from service.training import loop  # noqa: E402
 from service.training.config import TrainConfig  # noqa: E402
 from service.training.graphed import ENV_SWITCH as GRAPHS_SWITCH  # noqa: E402
+from service.training.steps import EagerSteps  # noqa: E402
 from service.worker.allocator import keep_freed_memory  # noqa: E402
 
 VARIANTS = ("service", "eager", "nchw", "fp32", "nchw-fp32", "compile", "nobench")
 WARMUP_STEPS = 3
+
+
+def _untuned(objective, optimizer, device, _batch_size) -> EagerSteps:
+    return EagerSteps(objective, optimizer, device)
 
 
 @contextlib.contextmanager
@@ -55,6 +61,8 @@ def variant_patches(variant: str):
         stack.enter_context(mock.patch.dict(os.environ, env))
         if "nchw" in variant:  # the runner and prepare_classifier both ask _has_conv
             stack.enter_context(mock.patch.object(loop, "_has_conv", lambda model: False))
+        if variant == "nobench":  # full batches step without autotuning, like the others
+            stack.enter_context(mock.patch.object(loop, "FullBatchAutotunedSteps", _untuned))
         if "fp32" in variant:
             stack.enter_context(
                 mock.patch.object(loop._Runner, "autocast", lambda self: contextlib.nullcontext())
@@ -69,7 +77,6 @@ def profile_model(
     n = 8 * batch_size
     images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (n,), device=device)
-    torch.backends.cudnn.benchmark = device.type == "cuda" and variant != "nobench"
     torch.manual_seed(0)
     with variant_patches(variant):
         run = loop.prepare_classifier(config, images, labels, 10, device)
