@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from service.config import (
     Settings,
     check_device,
     check_inference_device,
+    check_listen_address,
     get_settings,
+    unknown_variables,
 )
 from service.db import check_database
 
@@ -53,7 +56,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise SettingError(
             "; ".join(f"--{e['loc'][0]} {given[e['loc'][0]]}: {e['msg']}" for e in bad_options)
         ) from None
-    check_inference_device(settings.inference_device)  # before migrating and starting workers
+    # Before migrating and starting workers:
+    check_inference_device(settings.inference_device)
+    check_listen_address(settings.host, settings.port)
     migrate(settings)
     pool = WorkerPool(settings, default_worker_devices(settings.workers, settings.slots_per_gpu))
     pool.start()
@@ -153,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # alembic's plugin set-up logs seven INFO lines at its import, on every start.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    if getattr(args, "parent_pid", None) is None:  # an embedded worker's `serve` has warned
+        for line in unknown_variables(os.environ):
+            logging.getLogger("trainserve").warning(line)
     try:
         return int(args.func(args) or 0)
     except ValidationError as exc:  # a TRAINSERVE_* variable that does not parse
@@ -166,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _describe(exc: ValidationError) -> str:
     return "\n".join(
-        f"  TRAINSERVE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+        f"  TRAINSERVE_{'_'.join(str(p) for p in e['loc']).upper()}: "
+        + e["msg"].removeprefix("Value error, ")  # pydantic's wording for a validator's error
         for e in exc.errors()
     )
 

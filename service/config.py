@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+import socket
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -142,6 +145,52 @@ def check_device(device: str, source: str) -> None:
 def check_inference_device(device: str) -> None:
     """Raise SettingError unless torch can run forward passes on ``device`` here."""
     check_device(device, "TRAINSERVE_INFERENCE_DEVICE")
+
+
+PREFIX = "TRAINSERVE_"
+# Variables read outside Settings: by job processes (service.training.graphed) and by the tests
+# (service.worker.child's fault injection, the PostgreSQL fixtures).
+OTHER_VARIABLES = frozenset(
+    {"TRAINSERVE_CUDA_GRAPHS", "TRAINSERVE_FAILPOINT", "TRAINSERVE_TEST_PG_ADMIN_URL"}
+)
+
+
+def known_variables() -> frozenset[str]:
+    return frozenset(PREFIX + name.upper() for name in Settings.model_fields) | OTHER_VARIABLES
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A line for each TRAINSERVE_* variable that nothing reads (a typo is otherwise silent),
+    with the closest known name."""
+    known = known_variables()
+    lines = []
+    for name in sorted(environ):
+        if name.upper().startswith(PREFIX) and name not in known:
+            close = difflib.get_close_matches(name.upper(), known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            lines.append(f"{name} is not a trainserve setting and is ignored{hint}")
+    return lines
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Raise SettingError unless ``host:port`` can be listened on, before `serve` migrates the
+    database and starts its workers (uvicorn would find out only after both)."""
+    if port == 0:
+        return  # any free port
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise SettingError(f"TRAINSERVE_HOST={host}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise SettingError(
+                f"cannot listen on {host}:{port} (TRAINSERVE_HOST/TRAINSERVE_PORT, or --host/"
+                f"--port): {exc.strerror}"
+            ) from None
 
 
 @lru_cache

@@ -90,9 +90,15 @@ def full_batches_compiled(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``model``'s forward, compiled for batches of ``batch_size`` and eager for any other."""
     compiled = torch.compile(model, dynamic=False)
+    first = True
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return compiled(x) if len(x) == batch_size else model(x)
+        nonlocal first
+        if len(x) != batch_size:
+            return model(x)
+        if first:  # only now: a run with no full batch compiles nothing
+            log.info("compiling the training forward for batches of %d (torch.compile)", batch_size)
+            first = False
+        return compiled(x)
 
-    log.info("training forward compiled for batches of %d (torch.compile)", batch_size)
     return forward

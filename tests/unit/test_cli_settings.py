@@ -3,13 +3,21 @@ before anything is migrated or started."""
 
 from __future__ import annotations
 
+import logging
+import socket
 from pathlib import Path
 
 import pytest
 import torch
 
 from service.cli import main
-from service.config import SettingError, Settings, check_inference_device, get_settings
+from service.config import (
+    SettingError,
+    Settings,
+    check_inference_device,
+    get_settings,
+    unknown_variables,
+)
 
 
 @pytest.fixture
@@ -49,6 +57,7 @@ def test_malformed_settings_name_the_variable(
     err = capsys.readouterr().err
     assert reason in err
     assert variable in err
+    assert "Value error" not in err  # pydantic's prefix, noise to a reader
     assert not (fresh_settings / "trainserve.db").exists()  # nothing migrated
 
 
@@ -111,3 +120,38 @@ def test_a_worker_on_an_unmigrated_database_says_migrate(
     monkeypatch.setenv("TRAINSERVE_DATABASE_URL", f"sqlite:///{fresh_settings / 'empty.db'}")
     assert main(["worker"]) == 2
     assert "run `trainserve migrate`" in capsys.readouterr().err
+
+
+def test_serve_on_a_port_in_use_stops_before_migrating(
+    fresh_settings: Path, monkeypatch, capsys
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("TRAINSERVE_PORT", str(port))
+        assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "in use" in err
+    assert not (fresh_settings / "trainserve.db").exists()
+
+
+def test_a_misspelt_variable_is_named_with_the_closest_setting(
+    fresh_settings: Path, monkeypatch, caplog
+) -> None:
+    monkeypatch.setenv("TRAINSERVE_WORKER", "0")
+    monkeypatch.setenv("TRAINSERVE_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/x")
+    with caplog.at_level(logging.WARNING, logger="trainserve"):
+        main(["migrate"])  # fails on the database; the warning comes first
+    assert (
+        "TRAINSERVE_WORKER is not a trainserve setting and is ignored; did you mean "
+        "TRAINSERVE_WORKERS?" in caplog.text
+    )
+    assert "TRAINSERVE_DATABASE_URL" not in caplog.text
+
+
+def test_variables_read_outside_the_settings_are_known() -> None:
+    from service.training.graphed import ENV_SWITCH as CUDA_GRAPHS
+    from service.worker.child import FAILPOINT_ENV
+
+    assert unknown_variables({CUDA_GRAPHS: "0", FAILPOINT_ENV: "x", "TRAINSERVE_PORT": "1"}) == []
