@@ -467,7 +467,8 @@ def fit(
                 history, start_epoch = [], 1
 
     model, runner = run.model, run.runner
-    steps = run.steps(config.batch_size)
+    # A rank's full batch is its share of the global one (autotuning keys on that size).
+    steps = run.steps(config.batch_size if shard is None else shard.local_size(config.batch_size))
     eval_batch = max(config.batch_size, EVAL_BATCH_MIN)
     writer = None  # the next epoch trains while the last one's checkpoint is written
     if checkpoint_path is not None and lead:

@@ -225,6 +225,10 @@ class Shard:
     def __init__(self, rank: int, world_size: int, device: torch.device) -> None:
         self.rank, self.world_size, self.device = rank, world_size, device
 
+    def local_size(self, batch_size: int) -> int:
+        """How many of a global batch of ``batch_size`` this rank steps on (``run_epoch``)."""
+        return len(range(self.rank, batch_size, self.world_size))
+
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from service.training.autotune import FullBatchAutotunedSteps
-from service.training.steps import StepOutput
+from service.training.steps import Shard, StepOutput
 
 
 def steps_recording_the_flag(seen: list[bool], fail: bool = False) -> FullBatchAutotunedSteps:
@@ -37,3 +37,11 @@ def test_the_flag_is_off_after_a_step_that_raised() -> None:
     with pytest.raises(RuntimeError, match="the step broke"):
         steps(torch.arange(4))
     assert torch.backends.cudnn.benchmark is False
+
+
+@pytest.mark.parametrize("batch_size", [7, 8, 9])
+def test_a_ranks_full_batch_is_its_slice_of_the_global_one(batch_size: int) -> None:
+    """A data-parallel rank autotunes its own full batch: the slice run_epoch gives it."""
+    for rank in range(3):
+        local = len(torch.arange(batch_size)[rank::3])  # as run_epoch slices the global batch
+        assert Shard(rank, 3, torch.device("cpu")).local_size(batch_size) == local
