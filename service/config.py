@@ -155,18 +155,17 @@ OTHER_VARIABLES = frozenset(
 )
 
 
-def known_variables() -> frozenset[str]:
-    return frozenset(PREFIX + name.upper() for name in Settings.model_fields) | OTHER_VARIABLES
-
-
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """A line for each TRAINSERVE_* variable that nothing reads (a typo is otherwise silent),
-    with the closest known name."""
-    known = known_variables()
+    with the closest known name. Settings reads its variables in any case, as pydantic-settings
+    does; the others are read by their exact name."""
+    settings = frozenset(PREFIX + name.upper() for name in Settings.model_fields)
+    known = settings | OTHER_VARIABLES
     lines = []
     for name in sorted(environ):
-        if name.upper().startswith(PREFIX) and name not in known:
-            close = difflib.get_close_matches(name.upper(), known, n=1)
+        upper = name.upper()
+        if upper.startswith(PREFIX) and upper not in settings and name not in OTHER_VARIABLES:
+            close = difflib.get_close_matches(upper, known, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             lines.append(f"{name} is not a trainserve setting and is ignored{hint}")
     return lines

@@ -155,3 +155,9 @@ def test_variables_read_outside_the_settings_are_known() -> None:
     from service.worker.child import FAILPOINT_ENV
 
     assert unknown_variables({CUDA_GRAPHS: "0", FAILPOINT_ENV: "x", "TRAINSERVE_PORT": "1"}) == []
+    # pydantic-settings reads its variables in any case; the others only as spelt
+    assert unknown_variables({"trainserve_port": "1"}) == []
+    assert unknown_variables({CUDA_GRAPHS.lower(): "0"}) == [
+        f"{CUDA_GRAPHS.lower()} is not a trainserve setting and is ignored; did you mean "
+        f"{CUDA_GRAPHS}?"
+    ]
