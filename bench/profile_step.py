@@ -11,8 +11,9 @@ compilation), the steady step time and, unless --no-table, the ops that took the
 
 Variants (bench-only: they patch the service's choices for this process, nothing else):
 - service: what a job does (channels_last for conv nets, bf16 autocast on CUDA, CUDA graphs
-  where the service uses them);
+  where the service uses them; LeNet at 28 px on CUDA: fp32 and NCHW);
 - nchw: no channels_last; fp32: no autocast; nchw-fp32: both;
+- bf16: LeNet on CUDA in bf16 channels_last, as the other conv nets (what it did before);
 - eager: the service's choices without CUDA graphs;
 - compile: `torch.compile` of the model's forward, eager steps (graphs off);
 - nobench: cuDNN's heuristics for every step (the service autotunes full training batches of the
@@ -43,7 +44,7 @@ from service.training.graphed import ENV_SWITCH as GRAPHS_SWITCH  # noqa: E402
 from service.training.steps import EagerSteps  # noqa: E402
 from service.worker.allocator import keep_freed_memory  # noqa: E402
 
-VARIANTS = ("service", "eager", "nchw", "fp32", "nchw-fp32", "compile", "nobench")
+VARIANTS = ("service", "eager", "nchw", "fp32", "nchw-fp32", "bf16", "compile", "nobench")
 WARMUP_STEPS = 3
 
 
@@ -61,6 +62,8 @@ def variant_patches(variant: str):
         stack.enter_context(mock.patch.dict(os.environ, env))
         if "nchw" in variant:  # the runner and prepare_classifier both ask _has_conv
             stack.enter_context(mock.patch.object(loop, "_has_conv", lambda model: False))
+        if variant == "bf16":
+            stack.enter_context(mock.patch.object(loop, "plain_fp32_on_gpu", lambda *_: False))
         if variant == "nobench":  # full batches step without autotuning, like the others
             stack.enter_context(mock.patch.object(loop, "FullBatchAutotunedSteps", _untuned))
         if "fp32" in variant:

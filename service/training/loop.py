@@ -33,7 +33,7 @@ from service.training.config import DEFAULT_INIT_STD, TrainConfig
 from service.training.data import Splits, load_dataset, make_splits
 from service.training.graphed import GraphedSteps, cuda_graphs_enabled
 from service.training.optim import make_optimizer
-from service.training.precision import training_autocast
+from service.training.precision import plain_fp32_on_gpu, training_autocast
 from service.training.steps import (
     EagerSteps,
     EpochMetrics,
@@ -127,15 +127,16 @@ def _has_conv(model: nn.Module) -> bool:
 class _Runner:
     """Device placement, precision and input conversion for one model."""
 
-    def __init__(self, model: nn.Module, device: torch.device, side: int):
+    def __init__(self, model: nn.Module, device: torch.device, side: int, plain_fp32: bool):
         self.device = device
         self.side = side
         self.cuda = device.type == "cuda"
         self.convolutional = _has_conv(model)
         # channels_last pays on the CPU too (mkldnn): LeNet trains 1.2-1.4x faster with it on
-        # 2 AVX2 cores (measured), the 224-px nets the same or faster.
-        self.channels_last = self.convolutional
-        self._autocast = training_autocast(device, convolutional=self.convolutional)
+        # 2 AVX2 cores (measured), the 224-px nets the same or faster. Not with plain fp32 on a
+        # GPU (precision.plain_fp32_on_gpu), measured in NCHW.
+        self.channels_last = self.convolutional and not plain_fp32
+        self._autocast = training_autocast(device, self.convolutional, plain_fp32)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return self._autocast()
@@ -317,14 +318,14 @@ def prepare_classifier(
         init_std=config.init_std or DEFAULT_INIT_STD,
     )
     model.to(device)
-    if _has_conv(model):
+    runner = _Runner(model, device, side, plain_fp32_on_gpu(device, config.model, side))
+    if runner.channels_last:
         model.to(memory_format=torch.channels_last)
     if device.type == "cpu":
         # The same pooling and dropout, computed faster on a CPU (LeNet's steps ~1.4x, the
         # MLP's ~1.2x); no parameters change, so checkpoints and serving are as before.
         avg_pools_as_convs(model)
         dropouts_drawn_by_rand(model)
-    runner = _Runner(model, device, side)
     # Data-parallel: the forward goes through DDP, which averages gradients across ranks.
     forward: Callable[[torch.Tensor], torch.Tensor] = (
         model if shard is None else _data_parallel(model, device)

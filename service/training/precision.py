@@ -1,5 +1,5 @@
-"""The precision a training step runs in: bf16 autocast on a GPU, and on a CPU whose cores
-multiply bf16 matrices natively (Intel AMX), fp32 otherwise.
+"""The precision a training step runs in: bf16 autocast on a GPU (but LeNet at its own small
+sides), and on a CPU whose cores multiply bf16 matrices natively (Intel AMX), fp32 otherwise.
 
 Weights, optimizer state and checkpoints stay fp32 either way (autocast casts the inputs of
 matmuls and convolutions, not the parameters), so a model trained under bf16 is saved and served
@@ -12,6 +12,12 @@ seeds, in both precisions). The MLP gained only 1.2x, and its first layer's grad
 from fp32's (LeNet's 0.5%); softmax regression, one matmul, got 14% slower. Without AMX, bf16
 is not expected to pay (oneDNN then computes it with AVX-512 instructions; not measured here),
 hence ``auto``.
+
+On a GPU, LeNet at 28 px is bound by launching its kernels, not by its 6- and 16-channel
+convolutions: its CUDA-graphed step took 1.20 ms at batch 2048 in fp32 with NCHW tensors, against
+1.51 ms under bf16 autocast with channels_last, and 0.38 against 0.40 ms at batch 256 (H200,
+bench/RESULTS-gpu.md). So it trains in plain fp32 there. The MLP stays in bf16: in fp32 its step
+was slower (0.15 against 0.12 ms at 256).
 
 TRAINSERVE_CPU_BF16 (read by each job process): ``auto`` (default: on where the CPU has AMX),
 ``1`` on, ``0`` off.
@@ -30,6 +36,8 @@ import torch
 ENV_SWITCH = "TRAINSERVE_CPU_BF16"
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+FP32_ON_GPU = frozenset({"lenet"})
+FP32_ON_GPU_MAX_SIDE = 64  # the sides measured (28) and graphed; larger ones are compute-bound
 
 
 def parse_cpu_bf16(value: str) -> bool | None:
@@ -61,11 +69,18 @@ def cpu_bf16_enabled(convolutional: bool) -> bool:
     return cpu_has_amx() if setting is None else setting
 
 
+def plain_fp32_on_gpu(device: torch.device, model: str, side: int) -> bool:
+    """Whether a run trains in fp32 with NCHW tensors on a GPU (see the module's docstring)."""
+    return device.type == "cuda" and model in FP32_ON_GPU and side <= FP32_ON_GPU_MAX_SIDE
+
+
 def training_autocast(
-    device: torch.device, convolutional: bool
+    device: torch.device, convolutional: bool, plain_fp32: bool = False
 ) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of the autocast context for the forward passes of a run's training (and
     evaluation) steps; the choice, environment included, is made once here, not per step."""
+    if plain_fp32:
+        return contextlib.nullcontext
     if device.type == "cuda":
         # No weight-cast cache: CUDA graph capture needs it off, and a training step uses
         # each weight once anyway.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -17,6 +18,7 @@ from service.training.loop import (
     TrainingCancelled,
     TrainingDiverged,
     TrainResult,
+    _Runner,
     prepare_classifier,
     train,
 )
@@ -282,12 +284,30 @@ def test_cpu_bf16_switch(monkeypatch: pytest.MonkeyPatch) -> None:
         precision.parse_cpu_bf16("sometimes")
 
 
+@pytest.mark.parametrize(
+    ("model", "side", "plain_fp32"),
+    [("lenet", 28, True), ("lenet", 64, True), ("lenet", 96, False), ("mlp", 28, False)],
+)
+def test_lenet_trains_in_plain_fp32_on_a_gpu(model: str, side: int, plain_fp32: bool) -> None:
+    """LeNet at its small sides is launch-bound on a GPU: fp32, NCHW. No CUDA device is needed
+    to build the run's choices (nothing is allocated on it)."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert precision.plain_fp32_on_gpu(cuda, model, side) is plain_fp32
+    assert not precision.plain_fp32_on_gpu(cpu, model, side)
+    net = models.build(model)
+    runner = _Runner(net, cuda, side, precision.plain_fp32_on_gpu(cuda, model, side))
+    assert runner.channels_last is (model == "lenet" and not plain_fp32)
+    autocast = precision.training_autocast(cuda, runner.convolutional, plain_fp32)
+    assert (autocast is contextlib.nullcontext) is plain_fp32  # else bf16 autocast
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("model", ["mlp", "lenet"])
-def test_trains_on_cuda(model: str, tmp_path: Path) -> None:
-    # bf16 autocast (+ channels_last for LeNet) on the device; the result comes back on the CPU.
-    config = synthetic(model, lr=0.003, optimizer="adam", batch_size=16, dropout=0.0)
+@pytest.mark.parametrize(("model", "resize"), [("mlp", None), ("lenet", None), ("lenet", 96)])
+def test_trains_on_cuda(model: str, resize: int | None, tmp_path: Path) -> None:
+    # The MLP in bf16, LeNet at 28 px in fp32 NCHW, LeNet at 96 px in bf16 channels_last (as the
+    # 224-px nets); the result comes back on the CPU.
+    config = synthetic(model, lr=0.003, optimizer="adam", batch_size=16, dropout=0.0, resize=resize)
     checkpoint = tmp_path / "checkpoint.pt"
     first = train(dataclasses.replace(config, epochs=1), device="cuda", checkpoint_path=checkpoint)
     assert len(first.epochs) == 1
