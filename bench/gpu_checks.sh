@@ -116,8 +116,11 @@ for stage in $STAGES; do
     lenetvar)  # LeNet's step in each layout and precision, at the course's batch and a large one
       for bs in 256 2048; do
         run lenetvar $PY bench/profile_step.py --models lenet,mlp --batch-size $bs --steps 50 \
-          --variants service,bf16,eager,nchw,fp32,nchw-fp32 --no-table
-      done ;;
+          --variants service,bf16,eager --no-table
+      done
+      # fewer, fused kernels per replay (about 15 s of compiling each)
+      run lenetvar $PY bench/profile_step.py --models lenet --batch-size 256 --steps 50 \
+        --variants compile-graphs,reduce-overhead --no-table ;;
     bigvar)  # the 224-px nets' step: cuDNN heuristics vs autotuning, batch 256; VGG compiled
       run bigvar $PY bench/profile_step.py --models alexnet,vgg,nin --batch-size 128 \
         --variants service,nobench --no-table

@@ -16,6 +16,10 @@ Variants (bench-only: they patch the service's choices for this process, nothing
 - bf16: LeNet on CUDA in bf16 channels_last, as the other conv nets (what it did before);
 - eager: the service's choices without CUDA graphs;
 - compile: `torch.compile` of the model's forward, eager steps (graphs off);
+- compile-graphs: the compiled forward inside the service's CUDA-graphed step (fewer, fused
+  kernels per replay: LeNet's graphed step at batch 256 is bound by its ~100 small kernels);
+- reduce-overhead: `torch.compile(mode="reduce-overhead")` (Inductor's own CUDA graphs around
+  forward and backward), eager steps otherwise;
 - nobench: cuDNN's heuristics for every step (the service autotunes full training batches of the
   conv nets' eager steps: service/training/autotune.py).
 """
@@ -44,7 +48,23 @@ from service.training.graphed import ENV_SWITCH as GRAPHS_SWITCH  # noqa: E402
 from service.training.steps import EagerSteps  # noqa: E402
 from service.worker.allocator import keep_freed_memory  # noqa: E402
 
-VARIANTS = ("service", "eager", "nchw", "fp32", "nchw-fp32", "bf16", "compile", "nobench")
+VARIANTS = (
+    "service",
+    "eager",
+    "nchw",
+    "fp32",
+    "nchw-fp32",
+    "bf16",
+    "compile",
+    "compile-graphs",
+    "reduce-overhead",
+    "nobench",
+)
+COMPILE_MODES = {
+    "compile": "default",
+    "compile-graphs": "default",
+    "reduce-overhead": "reduce-overhead",
+}
 WARMUP_STEPS = 3
 
 
@@ -58,7 +78,7 @@ def variant_patches(variant: str):
     if variant not in VARIANTS:
         raise SystemExit(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     with contextlib.ExitStack() as stack:
-        env = {GRAPHS_SWITCH: "0"} if variant in ("eager", "compile") else {}
+        env = {GRAPHS_SWITCH: "0"} if variant in ("eager", "compile", "reduce-overhead") else {}
         stack.enter_context(mock.patch.dict(os.environ, env))
         if "nchw" in variant:  # the runner and prepare_classifier both ask _has_conv
             stack.enter_context(mock.patch.object(loop, "_has_conv", lambda model: False))
@@ -83,8 +103,8 @@ def profile_model(
     torch.manual_seed(0)
     with variant_patches(variant):
         run = loop.prepare_classifier(config, images, labels, 10, device)
-        if variant == "compile":
-            run.model.forward = torch.compile(run.model.forward)
+        if variant in COMPILE_MODES:  # before run.steps: the objective calls model.forward
+            run.model.forward = torch.compile(run.model.forward, mode=COMPILE_MODES[variant])
         run.model.train()
         step = run.steps(batch_size)
         batches = [torch.randperm(n, device=device)[:batch_size] for _ in range(steps)]
