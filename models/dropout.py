@@ -9,6 +9,11 @@ training step (dropout 0.5 on two 256-unit layers, batch 256). Uniform numbers f
 
 A subclass of ``nn.Dropout``, so code that finds dropout layers by type (MC dropout, the
 dropout a job sets) still finds these; no parameters or buffers, so state_dicts are unchanged.
+
+``generator``, where set, is what the masks are drawn from instead of torch's global generator:
+MC dropout at serving time seeds one per request, so that a seeded request gives the same
+answer while other threads of the process draw random numbers (building a model initialises
+its weights from the global generator).
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ from torch import nn
 class RandDropout(nn.Dropout):
     """``nn.Dropout`` (not in place) with its mask drawn by ``torch.rand``."""
 
+    generator: torch.Generator | None = None  # None: torch's global generator
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
         if self.p == 1.0:
             return x * 0.0
-        keep = torch.rand(x.shape, dtype=torch.float32, device=x.device) >= self.p
+        draws = torch.rand(x.shape, generator=self.generator, dtype=torch.float32, device=x.device)
+        keep = draws >= self.p
         return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))  # one product each way
 
 

@@ -142,11 +142,27 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         # Starlette names the methods of the first route on the path only (POST for /jobs);
         # RFC 9110 wants every method the resource takes.
         headers["Allow"] = ", ".join(_allowed_methods(request))
-    return JSONResponse(
-        error_body(exc.status_code, code, str(exc.detail), []),
-        status_code=exc.status_code,
-        headers=headers or None,
-    )
+    return _error_response(request, exc.status_code, code, str(exc.detail), headers=headers or None)
+
+
+# The Open Inference Protocol's paths (service/api/v2.py), whose errors are {"error": "..."}.
+# Its routes answer so themselves; these handlers do for what reaches no route (an unknown
+# path or method under /v2) and for what no route catches (the database, a bug), which
+# clients such as tritonclient cannot read in the REST shape.
+OIP_PREFIX = "/v2"
+
+
+def _error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    path = request.url.path
+    if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return JSONResponse(error_body(status, code, message, []), status_code=status, headers=headers)
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -162,22 +178,23 @@ def _allowed_methods(request: Request) -> list[str]:
     return allowed
 
 
-async def _database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+async def _database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
     # The database is down, restarting or (SQLite) locked past the busy timeout: the request
     # may well succeed in a moment, which a 500 would not say.
     log.warning("database unavailable: %s", str(exc.orig or exc).strip().splitlines()[0])
-    return JSONResponse(
-        error_body(503, "database_unavailable", "the database does not answer; retry shortly", []),
-        status_code=503,
+    return _error_response(
+        request,
+        503,
+        "database_unavailable",
+        "the database does not answer; retry shortly",
         headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
     )
 
 
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
-    return JSONResponse(
-        error_body(500, "internal_error", "internal server error; see the server log", []),
-        status_code=500,
+    return _error_response(
+        request, 500, "internal_error", "internal server error; see the server log"
     )
 
 

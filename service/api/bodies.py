@@ -1,8 +1,10 @@
-"""Reading request bodies within a size limit, and JSON bodies with no key given twice."""
+"""Reading request bodies within a size limit (decompressed where they come compressed), and
+JSON bodies with no key given twice."""
 
 from __future__ import annotations
 
 import json
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import aclosing, suppress
@@ -36,9 +38,50 @@ async def limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes the limit (chunked uploads too)."""
+    """The body, refused with 413 as soon as it passes the limit (chunked uploads too); a
+    gzip or deflate body (Content-Encoding, as tritonclient sends) is decompressed, within the
+    same limit."""
+    encoding = content_encoding(request)
+    if encoding is not None and encoding not in DECODERS:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not accepted; send gzip, deflate or no encoding"
+        )
     async with aclosing(limited_stream(request, limit)) as stream:
-        return b"".join([chunk async for chunk in stream])
+        body = b"".join([chunk async for chunk in stream])
+    return body if encoding is None else _decompressed(body, encoding, limit)
+
+
+# Content-Encoding -> zlib's wbits: gzip's header and trailer; HTTP's "deflate" is zlib-wrapped
+# (RFC 9110), as tritonclient's zlib.compress sends it.
+DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def content_encoding(request: Request) -> str | None:
+    """The body's Content-Encoding in lowercase; None for none or ``identity``."""
+    value = request.headers.get("content-encoding", "").strip().lower()
+    return None if value in ("", "identity") else value
+
+
+def refuse_encoded(request: Request) -> None:
+    """415 for a compressed body where the body is parsed as it streams in (multipart)."""
+    encoding = content_encoding(request)
+    if encoding is not None:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not accepted here; send the body uncompressed"
+        )
+
+
+def _decompressed(body: bytes, encoding: str, limit: int) -> bytes:
+    decoder = zlib.decompressobj(DECODERS[encoding])
+    try:
+        data = decoder.decompress(body, limit + 1)  # no more than the limit is ever inflated
+    except zlib.error as exc:
+        raise InvalidRequest.for_fields([("body", f"not valid {encoding} data ({exc})")]) from None
+    if len(data) > limit:
+        raise PayloadTooLarge(f"the body decompresses to over the limit of {limit} bytes")
+    if not decoder.eof:
+        raise InvalidRequest.for_fields([("body", f"the {encoding} data is cut short")])
+    return data
 
 
 async def read_form_limited(
@@ -49,6 +92,7 @@ async def read_form_limited(
     ``request.form(max_part_size=...)`` bounds each part, not their sum, and a chunked body
     declares no length. Raises starlette's MultiPartException for a malformed body.
     """
+    refuse_encoded(request)
     async with aclosing(limited_stream(request, limit)) as stream:
         parser = MultiPartParser(
             request.headers, stream, max_files=max_files, max_fields=max_fields,
@@ -107,7 +151,8 @@ def parse_json(body: bytes | str) -> Any:
 
     JSON does not forbid it and json.loads keeps the last value, silently, so
     {"epochs": 1, "epochs": 200} would train whichever the client did not look at. Raises
-    ValueError (JSONDecodeError, UnicodeDecodeError) for a body that is not JSON.
+    ValueError (JSONDecodeError, UnicodeDecodeError) for a body that is not JSON, or one nested
+    too deeply to decode.
     """
     repeated = False
 
@@ -122,7 +167,10 @@ def parse_json(body: bytes | str) -> Any:
         marked.repeated = [k for k in obj if counts[k] > 1]
         return marked
 
-    value = json.loads(body, object_pairs_hook=json_object)
+    try:
+        value = json.loads(body, object_pairs_hook=json_object)
+    except RecursionError:  # about 1,000 nested arrays: the decoder's recursion, not a 500
+        raise ValueError("nested too deeply") from None
     if repeated:  # only then walk the tree: an image as nested lists is thousands of them
         raise InvalidRequest.for_fields(_repeats(value, ""))
     return value

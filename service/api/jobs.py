@@ -46,7 +46,7 @@ def submit_job(
     idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
     """Queue a job (train, lr_find or kfold); a worker picks it up by priority, then age."""
-    key = idempotency_key_of(idempotency_key)
+    key = idempotency_key_of(request, idempotency_key)
     config, problems = body.resolve(datasets_store.stored_facts(session, body.dataset))
     if problems:
         raise InvalidRequest.for_fields(problems)

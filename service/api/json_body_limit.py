@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.bodies import require_json
 from service.api.params import decimal_int
-from service.errors import PayloadTooLarge, error_body
+from service.errors import ApiError, PayloadTooLarge, UnsupportedMediaType, error_body
 from service.schemas import ErrorResponse
 
 MAX_JSON_BODY_BYTES = 1024 * 1024
@@ -32,7 +32,8 @@ JSON_BODY_ROUTE: dict[str, Any] = {
 
 
 class JsonBodyLimit:
-    """413 for a POST to ``LIMITED_PATHS`` whose body passes ``limit`` bytes, chunked or not."""
+    """413 for a POST to ``LIMITED_PATHS`` whose body passes ``limit`` bytes, chunked or not;
+    415 for one sent compressed (Content-Encoding)."""
 
     def __init__(self, app: ASGIApp, limit: int = MAX_JSON_BODY_BYTES) -> None:
         self.app = app
@@ -46,15 +47,18 @@ class JsonBodyLimit:
         ):
             await self.app(scope, receive, send)
             return
-        declared = decimal_int(dict(scope["headers"]).get(b"content-length", b"").decode("latin-1"))
+        headers = dict(scope["headers"])
+        encoding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
+        declared = decimal_int(headers.get(b"content-length", b"").decode("latin-1"))
+        if encoding not in ("", "identity"):  # FastAPI would parse the compressed bytes as JSON
+            reason = (
+                f"Content-Encoding {encoding!r} is not accepted here; send the JSON uncompressed"
+            )
+            await _refusal(UnsupportedMediaType(reason))(scope, receive, send)
+            return
         if declared is not None and declared > self.limit:
             reason = self._reason(f"the body is {declared} bytes")
-            refusal = JSONResponse(
-                error_body(413, PayloadTooLarge.code, reason, []),
-                status_code=413,
-                headers={"connection": "close"},  # the unread body is not waited for
-            )
-            await refusal(scope, receive, send)
+            await _refusal(PayloadTooLarge(reason))(scope, receive, send)
             return
         size = 0
 
@@ -72,3 +76,11 @@ class JsonBodyLimit:
 
     def _reason(self, what: str) -> str:
         return f"{what}; the limit for a job or sweep is {self.limit} bytes"
+
+
+def _refusal(error: ApiError) -> JSONResponse:
+    return JSONResponse(
+        error_body(error.status, error.code, error.message, []),
+        status_code=error.status,
+        headers={"connection": "close"},  # the unread body is not waited for
+    )

@@ -46,11 +46,14 @@ Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="Rows to skip"), P
 IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=255)]
 
 
-def idempotency_key_of(raw: str | None) -> str | None:
-    """The header's key, or None without one; 422 for a blank one.
+def idempotency_key_of(request: Request, raw: str | None) -> str | None:
+    """The header's key, or None without one; 422 for a blank one, or for the header given
+    twice (FastAPI reads the first, and the request may have meant the other).
 
     Whitespace around a header value is not part of it (RFC 9110): "kx " is the key "kx", or a
     retry that picked up a trailing space would create a second job or sweep."""
+    if len(request.headers.getlist("idempotency-key")) > 1:
+        raise InvalidRequest.for_fields([("Idempotency-Key", "given more than once")])
     if raw is None:
         return None
     key = raw.strip()

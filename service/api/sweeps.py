@@ -190,7 +190,7 @@ def create_sweep(
     idempotency_key: IdempotencyKey = None,
 ) -> SweepPublic:
     """Validate every point of the grid, then queue one job per point in one transaction."""
-    key = idempotency_key_of(idempotency_key)
+    key = idempotency_key_of(request, idempotency_key)
     configs = _resolve_points(body, session)
     priority = int(body.base.get("priority", 0))
     try:

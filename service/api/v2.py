@@ -9,6 +9,7 @@ unknown model, 400 a model that is not ready (its job has not succeeded) or a ba
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -224,6 +225,8 @@ async def infer(request: Request, name: str, version: str | None = None) -> JSON
         raise _bad(f"inputs[0].name: expected {INPUT_NAME!r}, got {tensor.get('name')!r}")
     if _wants_binary(tensor.get("parameters")):
         raise _bad(BINARY_UNSUPPORTED)
+    if "id" in payload and not isinstance(payload["id"], str):  # the protocol's id is a string
+        raise _bad(f"id: expected a string, got {json.dumps(payload['id'])[:40]}")
     mc_dropout, seed = _parse_parameters(payload.get("parameters"))
     known = {OUTPUT_NAME, STD_OUTPUT} if mc_dropout is not None else {OUTPUT_NAME}
     wanted = [OUTPUT_NAME, STD_OUTPUT] if mc_dropout is not None else [OUTPUT_NAME]

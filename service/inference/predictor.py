@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 import models
+from models.dropout import RandDropout, dropouts_drawn_by_rand
 from service.artifacts import ModelDescription
 
 # One request's images: pixel values 0-255 as (H, W) arrays or one (N, H, W) array, or a
@@ -183,13 +184,14 @@ class LoadedModel:
         with only the dropout layers sampling; the same batch and seed give the same numbers."""
         if not 1 <= passes <= MAX_MC_PASSES:
             raise ValueError(f"passes must be 1-{MAX_MC_PASSES}, got {passes}")
-        devices = []
-        if self.device.type == "cuda":
-            devices = [self.device.index if self.device.index is not None else 0]
-        # fork_rng restores the global generators afterwards: other code sees no change.
-        with self._mc_lock, torch.inference_mode(), torch.random.fork_rng(devices=devices):
+        # The masks come from a generator of this request's own, not the global one, which
+        # other threads draw from meanwhile (a model being built initialises its weights).
+        generator = torch.Generator(self.device).manual_seed(seed)
+        with self._mc_lock, torch.inference_mode():
             model = self._mc_network()
-            torch.manual_seed(seed)
+            for module in model.modules():
+                if isinstance(module, RandDropout):
+                    module.generator = generator
             runs = torch.stack(
                 [torch.softmax(self._forward(model, batch).double(), 1) for _ in range(passes)]
             )  # (passes, N, C)
@@ -204,8 +206,11 @@ class LoadedModel:
     def _mc_network(self) -> torch.nn.Module:
         if self._mc_model is None:
             clone = self.network_copy()
+            dropouts_drawn_by_rand(clone)  # masks from torch.rand, which takes a generator
             for module in clone.modules():
                 if _is_dropout(module):
+                    if not isinstance(module, RandDropout):  # would draw from the global generator
+                        raise TypeError(f"MC dropout cannot seed {type(module).__name__}")
                     module.train()  # only dropout samples; batch norm stays on running stats
             self._mc_model = clone
         return self._mc_model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 from collections.abc import Iterator
@@ -387,6 +388,12 @@ def test_idempotency_key_reused_for_another_body_is_422(client: httpx.Client) ->
     assert status == 201 and answer["id"] == first.json()["id"]
     status, answer = raw_post(client, "/jobs", body, "Idempotency-Key:  \t ")
     assert status == 422 and answer["error"]["fields"][0]["field"] == "Idempotency-Key"
+    # Two keys: which one the client meant cannot be told, so neither is used.
+    two = [("Idempotency-Key", "bad-input-reuse"), ("Idempotency-Key", "another")]
+    for path, payload in (("/jobs", body), ("/sweeps", {"base": body, "grid": {"lr": [0.1]}})):
+        error = assert_error(client.post(path, json=payload, headers=two), 422)
+        assert error["fields"] == [{"field": "Idempotency-Key", "reason": "given more than once"}]
+    assert client.get("/jobs").json()["count"] == before
 
 
 def test_job_and_sweep_bodies_must_be_json(client: httpx.Client) -> None:
@@ -398,6 +405,9 @@ def test_job_and_sweep_bodies_must_be_json(client: httpx.Client) -> None:
             headers = {"content-type": content_type} if content_type else {}
             response = client.post(path, content=body, headers=headers)
             assert "application/json" in assert_error(response, 415)["message"]
+        compressed = {"content-type": "application/json", "content-encoding": "gzip"}
+        response = client.post(path, content=gzip.compress(body), headers=compressed)
+        assert "Content-Encoding 'gzip'" in assert_error(response, 415)["message"]
     assert client.get("/jobs").json()["count"] == before
     job = client.post("/jobs", content=body, headers={"content-type": "application/json"})
     assert job.status_code == 201, job.text

@@ -4,10 +4,12 @@ the Open Inference Protocol v2 through the official Triton client."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import json
 import statistics
 import time
+import zlib
 from collections.abc import Iterator
 
 import httpx
@@ -343,7 +345,10 @@ def test_v2_with_the_triton_client(
             tensor = http.InferInput("input", list(array.shape), datatype)
             tensor.set_data_from_numpy(array, binary_data=False)
             wanted = [http.InferRequestedOutput("probabilities", binary_data=False)]
-            result = triton.infer(model, [tensor], outputs=wanted, request_id="req-7")
+            result = triton.infer(
+                model, [tensor], outputs=wanted, request_id="req-7",
+                request_compression_algorithm="gzip" if datatype == "UINT8" else None,
+            )  # fmt: skip
             got = result.as_numpy("probabilities")
             assert got.shape == (3, 10) and got.dtype == np.float32
             np.testing.assert_allclose(got, expected, atol=1e-6)
@@ -403,6 +408,36 @@ def test_v2_errors_and_health(client: httpx.Client, models: dict[str, int]) -> N
         repeated = client.post(infer, content=raw, headers={"content-type": "application/json"})
         assert error(repeated, 400) == f"{field}: given more than once in the body"
     error(client.post(infer, json={"inputs": []}), 400)
+    for not_a_string in (5, {"a": 1}, None):  # the protocol's request id is a string
+        assert "id:" in error(client.post(infer, json={"inputs": [good], "id": not_a_string}), 400)
+    # Paths and methods no route takes, and bodies the JSON decoder gives up on, answer in the
+    # protocol's shape too (tritonclient cannot read the REST one).
+    error(client.get(f"/v2/models/{model}/config"), 404)
+    error(client.get("/v2/repository/index"), 404)
+    error(client.get(infer), 405)
+    deep = b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    json_header = {"content-type": "application/json"}
+    assert "nested too deeply" in error(client.post(infer, content=deep, headers=json_header), 400)
+    predict = f"/models/{model}/predict"
+    nested = client.post(
+        predict, content=deep.replace(b"inputs", b"instances"), headers=json_header
+    )
+    assert nested.status_code == 422 and "nested too deeply" in nested.text
+    # Compressed bodies (tritonclient's request_compression_algorithm) are decompressed.
+    request = json.dumps({"inputs": [good]}).encode()
+    for encoding, compress in (("gzip", gzip.compress), ("deflate", zlib.compress)):
+        headers = {**json_header, "content-encoding": encoding}
+        packed = client.post(infer, content=compress(request), headers=headers)
+        assert packed.status_code == 200 and packed.json()["outputs"] == ok.json()["outputs"]
+        instances = json.dumps({"instances": as_instances(_images(1))}).encode()
+        assert client.post(predict, content=compress(instances), headers=headers).status_code == 200
+    cut = {**json_header, "content-encoding": "gzip"}
+    assert "gzip" in error(
+        client.post(infer, content=gzip.compress(request)[:-9], headers=cut), 400
+    )
+    error(
+        client.post(infer, content=request, headers={**json_header, "content-encoding": "br"}), 415
+    )
     error(client.post(infer, json={"inputs": [good], "outputs": [{"name": "logits"}]}), 400)
     softmax_infer = f"/v2/models/{models['softmax']}/infer"
     error(client.post(softmax_infer, json={"inputs": [good], "parameters": {"mc_dropout": 3}}),

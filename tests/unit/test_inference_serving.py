@@ -267,6 +267,27 @@ def test_mc_dropout_is_reproducible_and_leaves_the_eval_model_alone(cache: Model
     assert torch.equal(loaded.probabilities(batch), before)  # bit-identical after MC
 
 
+def test_mc_dropout_is_not_moved_by_other_draws_from_the_global_generator(
+    cache: ModelCache,
+) -> None:
+    """Another thread drawing from torch's global generator during the passes (a model being
+    built initialises its weights from it) must not change a seeded request's answer."""
+    loaded = cache.get(2)  # lenet, dropout 0.5
+    batch = loaded.prepare(list(_pixels(4)))
+    alone = loaded.mc_dropout(batch, 5, seed=3)
+    network = loaded._mc_network()
+
+    def another_thread_draws(*_: object) -> None:
+        torch.rand(1000)
+
+    meanwhile = network.register_forward_pre_hook(another_thread_draws)
+    try:
+        interleaved = loaded.mc_dropout(batch, 5, seed=3)
+    finally:
+        meanwhile.remove()
+    assert torch.equal(alone[0], interleaved[0]) and torch.equal(alone[1], interleaved[1])
+
+
 def test_mc_dropout_models_without_active_dropout(cache: ModelCache) -> None:
     assert not cache.get(1).has_active_dropout  # softmax: no dropout layers
     assert not cache.get(4).has_active_dropout  # lenet at p = 0
