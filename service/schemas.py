@@ -48,6 +48,18 @@ DatasetKindName = Literal["image", "regression"]
 ALL_MODELS = models.list_models() + models.list_regression_models()
 LENET_SWITCHES = ("activation", "pooling")
 LR_FIND_FIELDS = ("lr_min", "lr_max", "steps")
+# Fields a kind has no use for: given, they would be stored and shown but change nothing.
+UNUSED_BY_KIND = {
+    "lr_find": {
+        "epochs": "it runs `steps` steps, not epochs",
+        "lr": "it sweeps the lr from lr_min to lr_max",
+        "test_examples": "it has no test set",
+    },
+    "kfold": {
+        "val_fraction": "its folds are its validation sets",
+        "test_examples": "it has no test set",
+    },
+}
 
 
 def builtin_dataset_kind(name: str) -> DatasetKindName | None:
@@ -249,7 +261,8 @@ class JobCreate(BaseModel):
     )
     train_examples: int | None = Field(
         default=None, ge=2, le=2**31 - 1,
-        description="Train on only this many examples (a seeded subset; more than the set: all)",
+        description="Train on only this many examples (a seeded subset; the set's size or "
+        "more: all, stored as null)",
     )  # fmt: skip
     test_examples: int | None = Field(
         default=None, ge=1, le=2**31 - 1,
@@ -321,6 +334,10 @@ class JobCreate(BaseModel):
                 problems.append(("resize", str(exc)))
         regression = spec.task == "regression"
         lenet = self.model == "lenet"
+        # As many as the set has, or more, is the whole set: stored as null (all), so that the
+        # job shows what it trains on and a sweep sees 2,000 and null on synthetic as one job.
+        size = builtin_train_examples(self.dataset) or (stored.train_examples if stored else None)
+        whole = size is not None and self.train_examples is not None and self.train_examples >= size
         config = TrainConfig(
             model=self.model,
             dataset=self.dataset,
@@ -334,7 +351,7 @@ class JobCreate(BaseModel):
             seed=self.seed if self.seed is not None else random.randrange(2**31),
             resize=self.resize,
             val_fraction=self.val_fraction,
-            train_examples=self.train_examples,
+            train_examples=None if whole else self.train_examples,
             test_examples=self.test_examples,
             kind=self.kind,
             loss=(self.loss or "l2") if regression else None,
@@ -394,6 +411,9 @@ class JobCreate(BaseModel):
             problems.append(("init_std", "only with init 'normal'"))
         if self.k is not None and self.kind != "kfold":
             problems.append(("k", "only for kind 'kfold'"))
+        for name, why in UNUSED_BY_KIND.get(self.kind, {}).items():
+            if name in given:
+                problems.append((name, f"not for kind {self.kind!r}: {why}"))
         if self.kind != "lr_find":
             problems += [(n, "only for kind 'lr_find'") for n in LR_FIND_FIELDS if n in given]
         elif self.lr_schedule != "constant":

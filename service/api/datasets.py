@@ -154,6 +154,7 @@ def _parse(
         415: {"model": ErrorResponse, "description": "Not multipart/form-data"},
     },
     openapi_extra=UPLOAD_BODY,
+    dependencies=[query_names()],
 )
 async def upload_dataset(request: Request, session: SessionDep) -> DatasetPublic:
     """Upload, validate and store a dataset; train on it with `"dataset": "<id>"`."""

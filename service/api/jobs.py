@@ -111,6 +111,7 @@ def get_metrics(job_id: JobId, session: SessionDep) -> EpochMetricsPublic:
     "/{job_id}/cancel",
     response_model=JobPublic,
     responses={**NOT_FOUND, 409: {"model": ErrorResponse, "description": "Already finished"}},
+    dependencies=[query_names()],
 )
 def cancel_job(job_id: JobId, request: Request, session: SessionDep) -> JobPublic:
     """Cancel: a queued job at once, a running one within seconds (see cancel_requested)."""

@@ -15,15 +15,16 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.bodies import require_json
-from service.api.params import decimal_int
+from service.api.params import decimal_int, query_names
 from service.errors import ApiError, PayloadTooLarge, UnsupportedMediaType, error_body
 from service.schemas import ErrorResponse
 
 MAX_JSON_BODY_BYTES = 1024 * 1024
 LIMITED_PATHS = frozenset({"/jobs", "/sweeps"})
-# The route options of those two POSTs: a JSON body (else 415) within the limit (else 413).
+# The route options of those two POSTs: a JSON body (else 415) within the limit (else 413), no
+# query parameters (else 422).
 JSON_BODY_ROUTE: dict[str, Any] = {
-    "dependencies": [Depends(require_json)],
+    "dependencies": [Depends(require_json), query_names()],
     "responses": {
         413: {"model": ErrorResponse, "description": "Body over 1 MiB"},
         415: {"model": ErrorResponse, "description": "Not JSON"},

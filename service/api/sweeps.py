@@ -283,6 +283,7 @@ def get_sweep(sweep_id: SweepId, session: SessionDep) -> SweepPublic:
         **NOT_FOUND,
         409: {"model": ErrorResponse, "description": "Every job of the sweep already finished"},
     },
+    dependencies=[query_names()],
 )
 def cancel_sweep(sweep_id: SweepId, request: Request, session: SessionDep) -> SweepPublic:
     """Cancel every unfinished job of the sweep, as POST /jobs/{id}/cancel does each: queued

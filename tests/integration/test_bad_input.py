@@ -50,6 +50,12 @@ BAD_JOBS = [
     ({"model": "lenet", "learning_rate": 0.1}, "learning_rate"),  # unknown field
     ({"model": "lenet", "lr_schedule": "step"}, "lr_schedule"),
     ({"model": "lenet", "kind": "lr_find", "lr_schedule": "cosine"}, "lr_schedule"),
+    # Fields a kind has no use for (they would be stored and shown, and change nothing)
+    ({"model": "mlp", "kind": "lr_find", "epochs": 50}, "epochs"),
+    ({"model": "mlp", "kind": "lr_find", "lr": 0.3}, "lr"),
+    ({"model": "mlp", "kind": "lr_find", "test_examples": 100}, "test_examples"),
+    ({"model": "mlp", "kind": "kfold", "val_fraction": 0.2}, "val_fraction"),
+    ({"model": "mlp", "kind": "kfold", "test_examples": 100}, "test_examples"),
     (
         {"model": "lenet", "last_batch": "drop", "batch_size": 451, "train_examples": 500},
         "batch_size",
@@ -224,6 +230,18 @@ def test_list_query_validation(client: httpx.Client) -> None:
                  "/catalog"):  # fmt: skip
         error = assert_error(client.get(f"{path}?limit=1"), 422, "limit")
         assert "takes none" in error["message"]
+    # The POSTs take none either (?force=1 on a cancel, ?wait=1 on a submit do nothing).
+    jobs, sweeps = client.get("/jobs").json()["count"], client.get("/sweeps").json()["count"]
+    job = {"model": "softmax", "dataset": "synthetic", "epochs": 1}
+    for path, body in (("/jobs", job), ("/sweeps", {"base": job, "grid": {"lr": [0.1, 0.2]}})):
+        assert (
+            "takes none"
+            in assert_error(client.post(f"{path}?wait=1", json=body), 422, "wait")["message"]
+        )
+    for path in ("/jobs/1/cancel", "/sweeps/1/cancel", "/datasets"):
+        assert "takes none" in assert_error(client.post(f"{path}?force=1"), 422, "force")["message"]
+    assert client.get("/jobs").json()["count"] == jobs
+    assert client.get("/sweeps").json()["count"] == sweeps
     for path in ("/jobs", "/models", "/datasets", "/sweeps"):
         for lax in ("+5", "%205", "5%20", "5.0", "5_0"):  # pydantic's lax int read each as 5
             assert_error(client.get(f"{path}?limit={lax}"), 422, "limit")

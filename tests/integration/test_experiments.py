@@ -20,6 +20,7 @@ from tests.integration.helpers import raw_post
 
 pytestmark = pytest.mark.timeout(240)
 QUICK = {"dataset": "synthetic", "batch_size": 32, "train_examples": 200, "test_examples": 50}
+TRAIN_ONLY = {k: v for k, v in QUICK.items() if k != "test_examples"}  # lr_find, kfold: no test set
 
 
 def test_each_kind_runs_and_reports(database_url: str, start_server) -> None:
@@ -31,8 +32,8 @@ def test_each_kind_runs_and_reports(database_url: str, start_server) -> None:
         "lenet": {"model": "lenet", **QUICK, "activation": "relu", "pooling": "max",
                   "init": "normal", "last_batch": "pad", "lr": 0.1, "epochs": 2,
                   "lr_schedule": "onecycle"},
-        "lr_find": {"model": "softmax", **QUICK, "kind": "lr_find", "steps": 40},
-        "kfold": {"model": "softmax", **QUICK, "kind": "kfold", "k": 2, "epochs": 1,
+        "lr_find": {"model": "softmax", **TRAIN_ONLY, "kind": "lr_find", "steps": 40},
+        "kfold": {"model": "softmax", **TRAIN_ONLY, "kind": "kfold", "k": 2, "epochs": 1,
                   "lr_schedule": "cosine"},
     }  # fmt: skip
     submitted = {}
@@ -284,6 +285,14 @@ BAD_SWEEPS = [
     ({"base": {"model": "softmax"}, "grid": {"weight_decay": [0, 1e-3, 0.0]}}, "grid.weight_decay"),
     # null is the model's default side, 28: both points would train the same job
     ({"base": {"model": "softmax"}, "grid": {"resize": [None, 28]}}, "grid.resize"),
+    # synthetic has 2,000 training examples: 2,000 or more is all of them, as null is
+    ({"base": {"model": "softmax", "dataset": "synthetic"},
+      "grid": {"train_examples": [2000, 100_000]}}, "grid.train_examples"),
+    ({"base": {"model": "softmax", "dataset": "synthetic"},
+      "grid": {"train_examples": [None, 2001]}}, "grid.train_examples"),
+    # kfold has no use for val_fraction (its folds are its validation sets)
+    ({"base": {"model": "softmax", "kind": "kfold"}, "grid": {"val_fraction": [0.1, 0.2]}},
+     "grid.val_fraction"),
     # lr_find points have no validation score to rank by
     ({"base": {"model": "mlp", "kind": "lr_find"}, "grid": {"steps": [20, 30]}}, "base.kind"),
     ({"base": {"model": "mlp"}, "grid": {"kind": ["train", "lr_find"]}}, "grid.kind"),

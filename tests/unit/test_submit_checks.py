@@ -186,3 +186,31 @@ def test_sweep_points_take_json_integers_only() -> None:
     base = {"model": "softmax", "dataset": "synthetic"}
     assert sweep_fields({"base": {**base, "epochs": 2.0}, "grid": {"lr": [0.1]}}) == ["base.epochs"]
     assert sweep_fields({"base": base, "grid": {"epochs": [1, 2.0]}}) == ["grid.epochs"]
+
+
+def test_train_examples_of_the_whole_set_or_more_is_stored_as_all() -> None:
+    """The run trains on the same examples for the set's size, more, or null (all): the job
+    says so, and a sweep's points differing only there are one job."""
+
+    def stored_train_examples(body: dict[str, Any], stored: StoredFacts | None = None) -> Any:
+        config, found = JobCreate.model_validate(body).resolve(stored)
+        assert found == []
+        return config.train_examples
+
+    synthetic = {"model": "softmax", "dataset": "synthetic"}
+    for asked in (SYNTHETIC_TRAIN, SYNTHETIC_TRAIN + 1, 100_000, None):
+        assert stored_train_examples({**synthetic, "train_examples": asked}) is None
+    assert stored_train_examples({**synthetic, "train_examples": SYNTHETIC_TRAIN - 1}) == 1999
+    upload = {"model": "mlp", "dataset": "ds_0123456789abcdef"}
+    assert stored_train_examples({**upload, "train_examples": 50}, StoredFacts("image", 40)) is None
+    assert stored_train_examples({**upload, "train_examples": 30}, StoredFacts("image", 40)) == 30
+    # the training itself: the same examples either way
+    n = SYNTHETIC_TRAIN
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            split_indices(n, seed=3, val_fraction=0.1, train_examples=None),
+            split_indices(n, seed=3, val_fraction=0.1, train_examples=n),
+            strict=True,
+        )
+    )
