@@ -69,6 +69,9 @@ def test_weight_decay_shrinks_w_on_the_high_dimensional_set() -> None:
     decayed = train_regression(linear(weight_decay=3))
     assert 10 < free.report["weight_norm"] < 17
     assert 0.2 < decayed.report["weight_norm"] < 0.6
+    # w itself is in the result, all 200 of it, as the README says
+    assert len(free.report["weights"]) == 200 and len(free.report["weight_error"]) == 200
+    assert math.hypot(*free.report["weights"]) == pytest.approx(free.report["weight_norm"])
     # Without the penalty it fits its 18 training examples and fails the test set: overfitting.
     assert free.train_loss < 1e-3 < 10 < free.test_loss
     assert decayed.test_loss < free.test_loss / 100
