@@ -18,7 +18,8 @@ DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TRAINSERVE_", extra="ignore")
+    # allow_inf_nan: "nan" seconds would otherwise be reported as above the upper bound.
+    model_config = SettingsConfigDict(env_prefix="TRAINSERVE_", extra="ignore", allow_inf_nan=False)
 
     # Where the embedded defaults keep their files: var/trainserve.db and var/artifacts/.
     state_dir: Path = DEFAULT_STATE_DIR

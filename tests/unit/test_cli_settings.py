@@ -37,7 +37,8 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         ("TRAINSERVE_CPU_BF16", "maybe", "must be auto, 1 or 0, not 'maybe'"),
         ("TRAINSERVE_COMPILE", "always", "must be auto, 1 or 0, not 'always'"),
         ("TRAINSERVE_LEASE_SECONDS", "5", "longer than TRAINSERVE_HEARTBEAT_SECONDS (5)"),
-        ("TRAINSERVE_LEASE_SECONDS", "inf", "less than or equal to 86400"),  # overflowed later
+        ("TRAINSERVE_LEASE_SECONDS", "inf", "Input should be a finite number"),  # overflowed later
+        ("TRAINSERVE_POLL_SECONDS", "nan", "Input should be a finite number"),  # not "over 86400"
         ("TRAINSERVE_POLL_SECONDS", "1e300", "less than or equal to 86400"),
         ("TRAINSERVE_PORT", "99999", "less than or equal to 65535"),  # not 99999 mod 65536
         ("TRAINSERVE_DATABASE_URL", "notaurl", "Could not parse SQLAlchemy URL"),
