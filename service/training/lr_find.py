@@ -9,9 +9,10 @@ lags the lr by little. The test stops early once that loss exceeds
 
 Suggested lr: the point of steepest descent of the smoothed loss against log(lr), looked for
 before the minimum (where the loss falls fastest, training makes the most progress per step).
-When the curve is too short for a slope (< 5 points before the minimum), the rule falls back to
-the min-loss lr / 10. The first tenth of the curve (the average still settling) is not searched.
-The result names the rule it used.
+The minimum itself is not a candidate, so the suggestion is always below the min-loss lr.
+When the curve is too short for a slope (< 5 points before the minimum, after the skipped
+start), the rule falls back to the min-loss lr / 10. The first tenth of the curve (the average
+still settling) is not searched. The result names the rule it used.
 """
 
 from __future__ import annotations
@@ -69,16 +70,23 @@ def lr_schedule(lr_min: float, lr_max: float, steps: int) -> np.ndarray:
 
 
 def suggest(lrs: list[float], losses: list[float]) -> tuple[float, str, float]:
-    """(suggested lr, the rule used, the min-loss lr)."""
+    """(suggested lr, the rule used, the min-loss lr); the suggestion is below the min-loss lr."""
     best = int(np.argmin(losses))
     min_loss_lr = lrs[best]
     start = int(SKIP_SHARE * len(lrs))
-    if best + 1 - start >= MIN_POINTS_FOR_SLOPE:
+    if best - start >= MIN_POINTS_FOR_SLOPE:  # points before the minimum
+        # The slopes take the minimum in (the central difference just before it needs it), but
+        # the search leaves it out: there the one-sided difference, from the point before, is
+        # often the steepest, and the suggestion would be the min-loss lr itself.
         log_lr = np.log(np.asarray(lrs[start : best + 1]))
         slope = np.gradient(np.asarray(losses[start : best + 1]), log_lr)
-        steepest = start + int(np.argmin(slope))
+        steepest = start + int(np.argmin(slope[:-1]))
         return lrs[steepest], "steepest descent of the smoothed loss", min_loss_lr
-    return min_loss_lr / 10, "min-loss lr / 10 (too few points for a slope)", min_loss_lr
+    return (
+        min_loss_lr / 10,
+        "min-loss lr / 10 (too few points before the minimum for a slope)",
+        min_loss_lr,
+    )
 
 
 def range_test(

@@ -77,3 +77,65 @@ def test_a_run_that_converged_in_its_first_epoch_is_a_good_fit() -> None:
     # A 10-epoch LeNet still learning: 4% a epoch, 1.1% of its whole fall in the last epoch.
     lenet = [2.3, 1.2, 0.9, 0.75, 0.65, 0.6, 0.56, 0.53, 0.5, 0.48]
     assert diagnose(lenet, [x + 0.02 for x in lenet])["verdict"] == "underfitting"  # type: ignore[index]
+
+
+# The tester's jobs (softmax on synthetic, 10 classes, seed 1), their metric rows as they ran.
+
+
+def test_a_levelled_loss_at_ln_classes_is_underfitting_whatever_the_accuracy() -> None:
+    # lr 1e-6, 3 epochs: nothing learns. Training accuracy 0.17 is not below 1.5 x chance, but
+    # the loss sits at ln 10: the multi-epoch job agrees with the 1-epoch one.
+    train, val = [2.3133, 2.3132, 2.3132], [2.2843, 2.2843, 2.2843]
+    accs_train, accs_val = [0.1739, 0.1739, 0.1739], [0.18, 0.18, 0.18]
+    for epochs in (3, 1):
+        verdict = diagnose(
+            train[:epochs], val[:epochs], accs_train[:epochs], accs_val[:epochs], num_classes=10
+        )
+        assert verdict is not None and verdict["verdict"] == "underfitting", verdict
+        assert "ln 10" in verdict["reason"] and "levelled off" not in verdict["reason"]
+        assert abs(verdict["uniform_loss"] - 2.302585) < 1e-6 and verdict["chance_acc"] == 0.1
+
+
+def test_a_rising_training_loss_is_not_levelled_off() -> None:
+    # l1 1000, 2 epochs: the training loss (the data loss alone, averaged over the epoch's
+    # steps) climbs while the weights swing; validation, measured after each epoch, stays low.
+    verdict = diagnose([685.62, 2514.05], [1.7849, 2.714], [0.2111, 0.3867], [0.535, 0.485], 10)
+    assert verdict is not None and verdict["verdict"] == "underfitting", verdict
+    assert verdict["train_loss_drop_per_epoch"] < -2
+    assert "rose 267%" in verdict["reason"] and "levelled off" in verdict["reason"]
+    assert "lower the learning rate" in verdict["reason"] and "penalty" in verdict["reason"]
+    assert "926x the validation loss" in verdict["reason"]
+    # Regression too: a climbing loss is no fit.
+    assert diagnose([0.5, 0.6, 0.9], [0.5, 0.6, 0.9])["verdict"] == "underfitting"  # type: ignore[index]
+
+
+def test_a_noise_floor_wobble_upwards_is_not_a_rising_loss() -> None:
+    # Up 20 % from epoch 2 to 3, but by 0.0003 % of the run's fall from 1.9.
+    verdict = diagnose([1.9, 5.0e-5, 6.0e-5], [5.0e-5, 5.0e-5, 5.5e-5])
+    assert verdict is not None and verdict["verdict"] == "good fit", verdict
+
+
+def test_strong_weight_decay_near_chance_is_underfitting_not_overfitting() -> None:
+    # weight_decay 5, 3 epochs: the losses stay near ln 10 = 2.303 and validation accuracy near
+    # chance; the training accuracy (argmax of near-equal scores) is no fit to overfit.
+    train, val = [2.1339, 2.0997, 2.0955], [2.2126, 2.2174, 2.1241]
+    verdict = diagnose(train, val, [0.4644, 0.5956, 0.5678], [0.245, 0.22, 0.14], 10)
+    assert verdict is not None and verdict["verdict"] == "underfitting", verdict
+    assert verdict["acc_gap"] > 0.4 and "weight decay or dropout, or fewer" not in verdict["reason"]
+    assert "within 10% of ln 10" in verdict["reason"] and "near chance" in verdict["reason"]
+    assert "less regularisation" in verdict["reason"]
+    # Another seed's run: validation accuracy 0.2, not near chance; the loss alone tells.
+    verdict = diagnose(
+        [2.14, 2.10, 2.11], [2.20, 2.14, 2.20], [0.42, 0.50, 0.45], [0.25, 0.16, 0.2], 10
+    )
+    assert verdict is not None and verdict["verdict"] == "underfitting", verdict
+    assert "less regularisation" in verdict["reason"]
+
+
+def test_a_training_loss_above_ln_classes_does_worse_than_guessing() -> None:
+    verdict = diagnose([40.0], [3.1], [0.3], [0.35], num_classes=10)
+    assert verdict is not None and verdict["verdict"] == "underfitting", verdict
+    assert (
+        "worse than guessing" in verdict["reason"]
+        and "lower the learning rate" in verdict["reason"]
+    )

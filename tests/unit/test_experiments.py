@@ -13,7 +13,7 @@ from service.training.batching import EmptyEpochError, plan_epoch
 from service.training.config import TrainConfig
 from service.training.kfold import cross_validate, fold_indices
 from service.training.loop import prepare_classifier, train
-from service.training.lr_find import find_lr
+from service.training.lr_find import find_lr, lr_schedule, suggest
 from service.training.optim import make_optimizer, param_groups
 from service.training.regression import (
     load_tabular,
@@ -234,8 +234,35 @@ def test_lr_range_test_rises_at_the_end_and_suggests_an_lr_in_range() -> None:
     best = min(curve.losses)
     assert curve.losses[-1] > 2 * best  # the curve rises at the end
     assert curve.losses[curve.losses.index(best) // 2] > best  # and fell before its minimum
-    assert 1e-5 <= curve.suggested_lr <= curve.min_loss_lr <= 100.0
+    assert 1e-5 <= curve.suggested_lr < curve.min_loss_lr <= 100.0
     assert curve.rule.startswith("steepest descent")
+
+
+def test_the_suggestion_is_below_the_min_loss_lr() -> None:
+    # The loss falls fastest into its minimum: the one-sided slope at the minimum (-0.8 a step)
+    # beats the central one just before it (-0.45), but the minimum is no suggestion.
+    lrs = lr_schedule(1e-4, 1.0, 20).tolist()
+    losses = [2.3] * 10 + [2.2, 2.1, 2.0, 1.9, 1.8, 1.0, 3.0, 5.0, 9.0, 12.0]
+    suggested, rule, min_loss_lr = suggest(lrs, losses)
+    assert min_loss_lr == lrs[15] and suggested == lrs[14] < min_loss_lr
+    assert rule == "steepest descent of the smoothed loss"
+
+
+@pytest.mark.parametrize(
+    "losses",
+    [
+        [1.0, 1.5, 2.0, 3.0, 5.0, 9.0],  # minimum at the first point
+        [2.0, 1.0, 1.5, 3.0, 5.0, 9.0],  # ... at the second
+        [2.3, 2.2, 2.1, 2.0, 1.9, 3.0],  # 4 points before it, 5 needed
+        [2.3, 2.0],  # a very short curve
+        [2.3],
+    ],
+)
+def test_too_few_points_before_the_minimum_fall_back_to_a_tenth(losses: list[float]) -> None:
+    lrs = lr_schedule(1e-3, 1.0, len(losses)).tolist()
+    suggested, rule, min_loss_lr = suggest(lrs, losses)
+    assert min_loss_lr == lrs[losses.index(min(losses))]
+    assert suggested == pytest.approx(min_loss_lr / 10) and rule.startswith("min-loss lr / 10")
 
 
 def test_lr_range_test_for_linear_regression() -> None:
