@@ -13,9 +13,11 @@ Accepted uploads:
         others are the features (a regression dataset).
 
 Images end up as uint8 (N, H, W) grayscale with labels 0..C-1 (2 <= C <= 1000, every class with
-examples, class names distinct); features as float32 (N, D), all finite. Without an explicit
-test set, a fixed, seeded fifth of the examples is held out as the test set. Nothing is ever
-unpickled, extracted to disk, or named after user input.
+examples, class names non-empty and distinct, every class of an explicit test set also among
+the training labels); features as float32 (N, D), all finite. Without an explicit test set, a
+fixed, seeded fifth of the examples is held out as the test set: for images a fifth of every
+class, each keeping at least one training example. Nothing is ever unpickled, extracted to
+disk, or named after user input.
 """
 
 from __future__ import annotations
@@ -94,6 +96,51 @@ def held_out_split(n: int) -> tuple[np.ndarray, np.ndarray]:
     return perm[n_test:], perm[:n_test]
 
 
+def stratified_split(labels: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices of a classification set: the held-out fifth taken class by class.
+
+    A plain random fifth can take every example of a rare class (12 images with one of class 2:
+    a 1 in 6 chance; 1,000 classes of 2 images: some 40 such classes), leaving a class the model
+    is scored on but never trained on. Here every class keeps at least one training example and
+    gives the test set its share of the fifth, rounded. Fixed seed: the same labels in the same
+    order always give the same split. Both parts keep the seeded permutation's order.
+    """
+    rng = np.random.default_rng(SPLIT_SEED)
+    perm = rng.permutation(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    n_test = min(max(1, round(TEST_FRACTION * len(labels))), len(labels) - len(classes))
+    if n_test < 1:
+        raise UploadError(
+            what,
+            f"every class has a single example ({len(classes)} classes, {len(labels)} images): "
+            "a test set needs a class with at least 2, one to train on and one to test",
+        )
+    per_class = _apportion(n_test, counts, tie_break=rng.random(len(classes)))
+    # Class by class (np.unique's sorted order), each class in permutation order: the first
+    # per_class[c] of class c go to the test set.
+    by_class = perm[np.argsort(labels[perm], kind="stable")]
+    rank = np.arange(len(labels)) - np.repeat(np.cumsum(counts) - counts, counts)
+    is_test = np.zeros(len(labels), dtype=bool)
+    is_test[by_class[rank < np.repeat(per_class, counts)]] = True
+    return perm[~is_test[perm]], perm[is_test[perm]]
+
+
+def _apportion(total: int, counts: np.ndarray, tie_break: np.ndarray) -> np.ndarray:
+    """Split `total` test examples among classes of `counts` examples in proportion to their
+    size, each class getting its share rounded down or up (largest remainders first, ties in
+    `tie_break` order), and never all of a class's examples."""
+    quota = total * counts / counts.sum()
+    cap = counts - 1  # one example of every class stays for training
+    taken = np.minimum(np.floor(quota).astype(np.int64), cap)
+    while (left := total - int(taken.sum())) > 0:
+        # The classes furthest below their quota first; a capped class gives its share to the
+        # next ones, which may then pass theirs by one (hence the loop).
+        open_ = np.flatnonzero(taken < cap)
+        order = open_[np.lexsort((tie_break[open_], taken[open_] - quota[open_]))]
+        taken[order[:left]] += 1
+    return taken
+
+
 def _to_gray_uint8(images: np.ndarray, what: str) -> np.ndarray:
     """(N, H, W) uint8 from (N, H, W), (N, H, W, 1|3) or (N, 1|3, H, W) numbers."""
     if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
@@ -167,18 +214,48 @@ def _class_count(
         raise UploadError(what, f"at most {MAX_CLASSES} classes, got {num_classes} class names")
     missing = np.setdiff1d(np.arange(num_classes), seen)
     if missing.size:
-        shown = ", ".join(_class_label(int(c), class_names) for c in missing[:5])
-        more = f" and {missing.size - 5} more" if missing.size > 5 else ""
         raise UploadError(
             what,
-            f"labels must be 0..C-1 with examples of every class; no example of {shown}{more} "
+            "labels must be 0..C-1 with examples of every class; no example of "
+            f"{_class_list(missing, class_names)} "
             f"(C = {num_classes}: renumber the labels, or drop the unused class names)",
         )
     return num_classes
 
 
+def _check_trained(
+    labels: np.ndarray, test_labels: np.ndarray, class_names: list[str] | None, what: str
+) -> None:
+    """Refuse a test set holding a class the training set has no example of: the model could
+    never learn it, and would be scored on it all the same."""
+    untrained = np.setdiff1d(test_labels, labels)
+    if untrained.size:
+        raise UploadError(
+            what,
+            f"'test_labels' hold {_class_list(untrained, class_names)}, which 'labels' have no "
+            "example of: every class tested on needs training examples",
+        )
+
+
+def _class_list(labels: np.ndarray, class_names: list[str] | None, shown: int = 5) -> str:
+    """The first few of ``labels`` by name, and how many more there are."""
+    listed = ", ".join(_class_label(int(c), class_names) for c in labels[:shown])
+    return listed + (f" and {labels.size - shown} more" if labels.size > shown else "")
+
+
 def _class_label(label: int, class_names: list[str] | None) -> str:
     return f"class {class_names[label]!r} (label {label})" if class_names else f"label {label}"
+
+
+def _check_named(names: list[str], what: str) -> None:
+    """Predictions name their class: an empty name would say nothing. Refused rather than
+    replaced by the label's number, which could clash with another name ('0' of ['', '0'])."""
+    if "" in names:
+        raise UploadError(
+            what,
+            f"class names must not be empty; class_names[{names.index('')}] is empty or "
+            "only spaces",
+        )
 
 
 def _check_distinct(names: list[str], what: str) -> None:
@@ -212,12 +289,13 @@ def _image_dataset(
             raise UploadError(
                 images_field, f"need at least {MIN_EXAMPLES} images, got {len(images)}"
             )
-        train_idx, test_idx = held_out_split(len(images))
+        train_idx, test_idx = stratified_split(labels, labels_field)
         images, test_images = images[train_idx], images[test_idx]
         labels, test_labels = labels[train_idx], labels[test_idx]
     if len(images) < 2:
         raise UploadError(images_field, "need at least 2 training images")
     num_classes = _class_count(labels, test_labels, class_names, labels_field)
+    _check_trained(labels, test_labels, class_names, labels_field)
     names = class_names or [str(i) for i in range(num_classes)]
     return ParsedDataset(
         kind="image",
@@ -296,7 +374,8 @@ def parse_npz(raw: bytes, max_bytes: int) -> ParsedDataset:
         raw_names = arrays["class_names"]
         if raw_names.ndim != 1 or raw_names.dtype.kind not in "US":
             raise UploadError("file", "'class_names' must be a 1-D array of strings")
-        names = [_clean_label(str(n)) or str(i) for i, n in enumerate(raw_names.tolist())]
+        names = [_clean_label(str(n)) for n in raw_names.tolist()]
+        _check_named(names, "file")
         _check_distinct(names, "file")
     return _image_dataset("npz", arrays["images"], arrays["labels"], test=test, class_names=names)
 
@@ -392,6 +471,8 @@ def _folder_labels(folders: list[str]) -> tuple[np.ndarray, list[str]]:
     folder_of: dict[str, str] = {}  # class name -> the folder it comes from
     for folder in dict.fromkeys(folders):
         name = _clean_label(folder)
+        if not name:  # a folder named " ": as an empty entry in an npz's class_names
+            raise UploadError("file", f"class folder {folder!r} has only spaces for a name")
         if folder_of.setdefault(name, folder) != folder:  # e.g. folders alike for 100 characters
             raise UploadError(
                 "file",
@@ -432,14 +513,14 @@ def _decode_into_split(
     split: tuple[np.ndarray, np.ndarray],
     max_bytes: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) images of the held-out split, each image decoded straight into its slot.
+    """(train, test) images of the stratified split, each image decoded straight into its slot.
 
     Stacking the images and then splitting them would hold every pixel three times over.
     """
     train_idx, test_idx = split
     train = np.empty((len(train_idx), side, side), dtype=np.uint8)
     test = np.empty((len(test_idx), side, side), dtype=np.uint8)
-    # Member i goes where held_out_split puts example i: a view into train or test.
+    # Member i goes where stratified_split puts example i: a view into train or test.
     slot_of = {int(i): train[k] for k, i in enumerate(train_idx)}
     slot_of |= {int(i): test[k] for k, i in enumerate(test_idx)}
     # Decoding time follows the images' own pixels, not the zip's size: a blank 4096 x 4096 PNG
@@ -463,14 +544,14 @@ def parse_zip_folders(raw: bytes, max_bytes: int, image_side: int = 28) -> Parse
         members = _image_members(archive, max_bytes)
         depth = _class_folder_depth([parts for _, parts in members])
         labels, names = _folder_labels([parts[depth] for _, parts in members])
-        # Class by class (archive order within a class): the order the held-out split has
-        # always been drawn over, so re-uploading a zip gives the same test set as before.
+        # Class by class (archive order within a class): the order the held-out split is
+        # drawn over, so the test set does not depend on how a zip tool ordered the classes.
         order = np.argsort(labels, kind="stable")
         members, labels = [members[i] for i in order], labels[order]
         if len(members) < MIN_EXAMPLES:
             raise UploadError("file", f"need at least {MIN_EXAMPLES} images, got {len(members)}")
         _check_decoded_size(len(members), image_side, max_bytes)
-        train_idx, test_idx = held_out_split(len(members))
+        train_idx, test_idx = stratified_split(labels, "file")
         train, test = _decode_into_split(
             archive, members, image_side, (train_idx, test_idx), max_bytes
         )
@@ -484,9 +565,7 @@ def parse_csv(raw: bytes) -> ParsedDataset:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise UploadError("file", f"not UTF-8 text, so not a CSV; {WHAT_A_DATASET_IS}") from None
-    reader = csv.reader(io.StringIO(text))
-    # (line number, cells): messages point at the line an editor shows, header and blanks included
-    rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
+    rows = _csv_rows(text)
     if rows and not _numeric(rows[0][1]):
         rows = rows[1:]  # a header row
     if len(rows) < MIN_EXAMPLES:
@@ -522,6 +601,30 @@ def parse_csv(raw: bytes) -> ParsedDataset:
         },
         input_shape=[width - 1],
     )
+
+
+def _csv_rows(text: str) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of the non-blank rows: messages point at the line an editor shows,
+    header and blanks included.
+
+    newline="" lets the csv module split lines itself, on \n, \r\n and a lone \r alike (old
+    Mac files end their lines with \r; read line by line on \n they are one long line that
+    the csv module refuses). Whatever else it refuses (a cell past its field size limit) is the
+    file's fault, never a 500.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
+    except csv.Error as exc:
+        line = reader.line_num
+        if "field limit" in str(exc):
+            reason = (
+                f"line {line} holds a cell over {csv.field_size_limit()} characters, "
+                "which is no number"
+            )
+        else:
+            reason = f"line {line} is not readable CSV ({exc})"
+        raise UploadError("file", reason) from None
 
 
 def _numeric(row: list[str]) -> bool:

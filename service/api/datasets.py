@@ -56,6 +56,10 @@ UPLOAD_BODY = {
 }
 
 
+FILE_FIELDS = ("file", "images", "labels")
+TEXT_FIELDS = ("name", "format", "image_side")
+
+
 async def _form_fields(
     request: Request, body: bytes
 ) -> tuple[dict[str, bytes], dict[str, str], dict[str, str]]:
@@ -68,8 +72,14 @@ async def _form_fields(
     try:
         # No text-part cap below the body's own: the body is in memory already, within
         # TRAINSERVE_MAX_DATASET_BYTES, and a smaller cap would blame "body" for a long name
-        # rather than let the field's own check name it.
-        form = await buffered.form(max_files=2, max_fields=8, max_part_size=len(body) + 1)
+        # rather than let the field's own check name it. Up to one file part per field: 'file'
+        # sent with 'images' + 'labels', or 'name' sent as a file, is then refused naming the
+        # fields, not as a "malformed" body (the parts are in memory already, as the body is).
+        form = await buffered.form(
+            max_files=len(FILE_FIELDS + TEXT_FIELDS),
+            max_fields=8,
+            max_part_size=len(body) + 1,
+        )
     except StarletteHTTPException as exc:
         reason = f"malformed multipart body ({exc.detail})"
         raise InvalidRequest.for_fields([("body", reason)]) from exc
@@ -80,6 +90,7 @@ async def _form_fields(
         for key, value in form.multi_items():
             if key in files or key in texts:
                 raise InvalidRequest.for_fields([(key, "given more than once")])
+            _check_part_kind(key, isinstance(value, UploadFile))
             if isinstance(value, UploadFile):
                 files[key] = await value.read()
                 filenames[key] = value.filename or ""
@@ -87,12 +98,20 @@ async def _form_fields(
                 texts[key] = value
     finally:
         await form.close()
-    unknown = sorted(
-        (files.keys() | texts.keys()) - {"file", "images", "labels", "name", "format", "image_side"}
-    )
+    unknown = sorted((files.keys() | texts.keys()) - {*FILE_FIELDS, *TEXT_FIELDS})
     if unknown:
         raise InvalidRequest.for_fields([(k, "unknown field") for k in unknown])
     return files, texts, filenames
+
+
+def _check_part_kind(key: str, is_file: bool) -> None:
+    """A known field sent as the other kind of part is refused as such, rather than taken for
+    missing or blamed on a rule about other fields ('name' as a file: "only with format 'idx'")."""
+    if key in TEXT_FIELDS and is_file:
+        raise InvalidRequest.for_fields([(key, "must be a text field, not a file")])
+    if key in FILE_FIELDS and not is_file:
+        reason = f"must be a file, not a text field (in curl: -F {key}=@path)"
+        raise InvalidRequest.for_fields([(key, reason)])
 
 
 def _check_name(texts: dict[str, str]) -> None:
@@ -122,10 +141,17 @@ def _parse(
         raise UploadError("format", f"must be one of {', '.join(FORMATS)}")
     if fmt == "idx" or (fmt is None and files.keys() & {"images", "labels"}):
         if "file" in files:
-            raise UploadError("file", "give either 'file' or the IDX pair 'images' + 'labels'")
+            given = " + ".join(f"'{k}'" for k in ("images", "labels") if k in files)
+            raise UploadError(
+                "file",
+                f"'file' and {given or 'an IDX pair'} cannot be sent together: send either "
+                "'file' or the IDX pair 'images' + 'labels'",
+            )
         for part in ("images", "labels"):
             if part not in files:
                 raise UploadError(part, "an IDX upload is two files: 'images' and 'labels'")
+        if "image_side" in texts:  # IDX images keep their own size, as an npz's do
+            raise UploadError("image_side", "only for a zip of class folders")
         return dataset_uploads.parse_idx_pair(files["images"], files["labels"], max_bytes)
     if "file" not in files:
         raise UploadError(

@@ -155,6 +155,7 @@ def test_bad_uploads(sqlite_url: str, start_server) -> None:
 
     # Each names its field and says why: never a 500, never the multipart parser's "body".
     tiny_pngs = tiny_png_zip(12)  # 1 KB; 12 x 512 x 512 bytes decoded is over 4 x 100,000
+    idx_images, idx_labels = idx_upload()
     npy = io.BytesIO()
     np.save(npy, np.zeros((20, 8, 8), np.uint8))
     explained = [
@@ -163,7 +164,17 @@ def test_bad_uploads(sqlite_url: str, start_server) -> None:
         ({"file": ("d.csv", csv_upload())}, {"name": "n" * 101}, "name", "got 101"),
         ({"file": ("d.csv", csv_upload())}, {"name": "n" * 5000}, "name", "got 5000"),
         ({"file": ("plain.npy", npy.getvalue())}, {}, "file", "not a dataset format"),
-    ]
+        # Three file parts were once past the parser's cap: "body: malformed multipart body".
+        ({"file": ("d.csv", csv_upload()), "images": ("i", idx_images),
+          "labels": ("l", idx_labels)},
+         {}, "file", "'file' and 'images' + 'labels' cannot be sent together"),
+        # A name sent as a file was once blamed on "only with format 'idx'".
+        ({"file": ("d.csv", csv_upload()), "name": ("n.txt", b"mine")}, {}, "name",
+         "must be a text field"),
+        ({"labels": ("l", idx_labels)}, {"file": "d.csv"}, "file", "must be a file"),
+        ({"images": ("i", idx_images), "labels": ("l", idx_labels)}, {"image_side": "16"},
+         "image_side", "only for a zip of class folders"),
+    ]  # fmt: skip
     for files, data, field, reason in explained:
         response = client.post("/datasets", files=files, data=data)
         assert field_of(response, 422) == field

@@ -17,12 +17,12 @@ from service.api.datasets import _check_name, _parse
 from service.dataset_uploads import (
     UploadError,
     format_of,
-    held_out_split,
     parse_csv,
     parse_idx_pair,
     parse_npz,
     parse_zip_folders,
     sniff_format,
+    stratified_split,
 )
 from service.errors import InvalidRequest
 from service.inference.errors import InvalidInput
@@ -253,16 +253,16 @@ def test_zip_decoded_size_is_bounded_before_decoding(monkeypatch: pytest.MonkeyP
     )  # fmt: skip
 
 
-def test_zip_split_is_the_held_out_split_of_the_images_in_class_order() -> None:
+def test_zip_split_is_the_stratified_split_of_the_images_in_class_order() -> None:
     """Images decoded straight into train/test slots land where stack-then-split put them."""
     members = {f"{name}/{i}.png": png(10 * i + k, size=(8, 8))
                for i in range(7) for k, name in enumerate(["b", "a"])}  # fmt: skip
     parsed = parse_zip_folders(zip_bytes(members), LIMIT, image_side=8)
     in_class_order = np.array([10 * i + 1 for i in range(7)] + [10 * i for i in range(7)])
-    train_idx, test_idx = held_out_split(14)
+    labels = np.array([0] * 7 + [1] * 7)
+    train_idx, test_idx = stratified_split(labels, "file")
     assert parsed.arrays["train_images"][:, 0, 0].tolist() == in_class_order[train_idx].tolist()
     assert parsed.arrays["test_images"][:, 0, 0].tolist() == in_class_order[test_idx].tolist()
-    labels = np.array([0] * 7 + [1] * 7)
     assert parsed.arrays["train_labels"].tolist() == labels[train_idx].tolist()
 
 
@@ -345,11 +345,99 @@ def test_class_names_must_be_distinct() -> None:
             npz_bytes(images=images, labels=labels, class_names=np.array(["a"] * 3)), LIMIT)  # fmt: skip
 
 
+@pytest.mark.parametrize("names", [["", "0"], ["", "b"], ["a", "  "]])
+def test_an_empty_class_name_is_refused_not_renamed(names: list[str]) -> None:
+    """Once an empty name became its label's number: ['', '0'] clashed with itself, and
+    ['', 'b'] was stored as ['0', 'b']."""
+    images, labels = np.zeros((20, 8, 8), dtype=np.uint8), np.arange(20) % 2
+    blank = 0 if names[0].strip() == "" else 1
+    refused("file", rf"class names must not be empty; class_names\[{blank}\] is empty",
+            parse_npz, npz_bytes(images=images, labels=labels, class_names=np.array(names)),
+            LIMIT)  # fmt: skip
+
+
+def test_a_class_folder_named_only_spaces_is_refused() -> None:
+    members = {f"{name}/{i}.png": png(i) for name in (" ", "b") for i in range(6)}
+    refused("file", "class folder ' ' has only spaces", parse_zip_folders, zip_bytes(members),
+            LIMIT)  # fmt: skip
+
+
+def test_a_test_class_without_training_examples_is_refused() -> None:
+    images, labels = np.zeros((20, 8, 8), dtype=np.uint8), np.arange(20) % 2
+    test_labels = np.array([0, 1, 2, 2])  # class 2 only in the test set
+    upload = npz_bytes(images=images, labels=labels, test_images=images[:4],
+                       test_labels=test_labels)  # fmt: skip
+    refused("file", r"'test_labels' hold label 2, which 'labels' have no example of",
+            parse_npz, upload, LIMIT)  # fmt: skip
+    named = npz_bytes(images=images, labels=labels, test_images=images[:4],
+                      test_labels=test_labels, class_names=np.array(["a", "b", "c"]))  # fmt: skip
+    refused("file", r"hold class 'c' \(label 2\), which", parse_npz, named, LIMIT)
+
+
+# ----------------------------------------------------------------- the held-out split
+
+
+def train_counts(labels: list[int] | np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    images = np.zeros((len(labels), 8, 8), dtype=np.uint8)
+    parsed = parse_npz(npz_bytes(images=images, labels=labels), LIMIT)
+    return np.bincount(parsed.arrays["train_labels"], minlength=int(labels.max()) + 1)
+
+
+def test_the_split_leaves_every_class_training_examples() -> None:
+    """A plain random fifth put the one image of class 2 in the test set: trained [6 4 0]."""
+    assert train_counts([0, 0, 0, 1, 0, 1, 0, 1, 2, 1, 1, 0]).tolist() == [5, 4, 1]
+    # 1,000 classes of 2 images: a plain random fifth left 48 classes with no training example.
+    counts = train_counts(np.repeat(np.arange(1000), 2))
+    assert counts.min() == 1 and counts.sum() == 1600
+
+
+def test_the_split_holds_out_each_class_s_share() -> None:
+    labels = np.repeat([0, 1, 2], [50, 30, 20])
+    train_idx, test_idx = stratified_split(labels, "file")
+    assert np.bincount(labels[test_idx]).tolist() == [10, 6, 4]
+    assert sorted([*train_idx, *test_idx]) == list(range(100))  # a split, nothing lost
+    # Shares that do not come out whole are rounded one way or the other, the total kept.
+    labels = np.arange(50) % 3  # 17, 17, 16: quotas 3.4, 3.4, 3.2
+    test = labels[stratified_split(labels, "file")[1]]
+    assert len(test) == 10 and sorted(np.bincount(test).tolist()) == [3, 3, 4]
+
+
+def test_the_split_is_fixed() -> None:
+    labels = np.random.default_rng(5).integers(0, 7, 300)
+    first, again = stratified_split(labels, "file"), stratified_split(labels.copy(), "file")
+    assert all((a == b).all() for a, b in zip(first, again, strict=True))
+
+
+def test_no_test_set_without_a_class_of_two_examples() -> None:
+    images, labels = np.zeros((10, 8, 8), dtype=np.uint8), np.arange(10)
+    refused("file", "every class has a single example", parse_npz,
+            npz_bytes(images=images, labels=labels), LIMIT)  # fmt: skip
+
+
 # ------------------------------------------------------------------------------ CSV, .npy
 
 
 def csv_rows(last: str) -> bytes:
     return "\n".join(["x,y"] + [f"{i},{2 * i}" for i in range(20)] + [last]).encode()
+
+
+def test_csv_with_old_mac_line_endings() -> None:
+    """Lines ended by a lone \\r were once one line, refused by the csv module: a 500."""
+    rows = ["x,y,t"] + [f"{i},{i + 1},{2 * i + 1}" for i in range(1, 11)]
+    parsed = parse_csv(("\r".join(rows) + "\r").encode())
+    assert (parsed.input_shape, parsed.train_examples, parsed.test_examples) == ([2], 8, 2)
+    assert sorted(parsed.arrays["train_y"].tolist() + parsed.arrays["test_y"].tolist()) == [
+        2 * i + 1 for i in range(1, 11)
+    ]
+    refused("file", "line 12, column 2: 'z' is not a number", parse_csv,
+            ("\r".join([*rows, "1,z,3"]) + "\r").encode())  # fmt: skip
+
+
+def test_a_csv_cell_over_the_field_limit_is_refused_not_a_crash() -> None:
+    long_cell = "9" * 131_073
+    refused("file", "line 3 holds a cell over 131072 characters", parse_csv,
+            csv_rows("1,1").replace(b"\n1,2\n", f"\n{long_cell},2\n".encode(), 1))  # fmt: skip
 
 
 @pytest.mark.parametrize("last", ["1,1e39", "-1e39,1"])
@@ -389,6 +477,25 @@ def test_image_side_with_thousands_of_digits_is_out_of_range_not_a_crash() -> No
     refused("image_side", "4..512", _parse, files, {"image_side": "9" * 5000}, names, LIMIT)
     parsed = _parse(files, {"image_side": "0" * 5000 + "12"}, names, LIMIT)
     assert parsed.input_shape == [12, 12]
+
+
+def idx_pair_files() -> dict[str, bytes]:
+    images = np.zeros((20, 8, 8), dtype=np.uint8)
+    return {"images": idx_bytes(images), "labels": idx_bytes(np.arange(20) % 2)}
+
+
+def test_image_side_is_refused_with_an_idx_pair_as_with_an_npz() -> None:
+    texts = {"image_side": "16"}
+    refused("image_side", "only for a zip of class folders", _parse, idx_pair_files(), texts,
+            {}, LIMIT)  # fmt: skip
+    npz = {"file": npz_bytes(images=np.zeros((20, 8, 8)), labels=np.arange(20) % 2)}
+    refused("image_side", "only for a zip of class folders", _parse, npz, texts, {}, LIMIT)
+
+
+def test_file_and_an_idx_pair_are_refused_together_naming_them() -> None:
+    files = {"file": b"1,2\n", **idx_pair_files()}
+    refused("file", r"'file' and 'images' \+ 'labels' cannot be sent together", _parse,
+            files, {}, {}, LIMIT)  # fmt: skip
 
 
 def test_a_name_over_100_characters_is_refused_naming_it() -> None:
