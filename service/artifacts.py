@@ -50,6 +50,9 @@ class ModelDescription:
     class_names: list[str]
     config: dict[str, Any]  # the job's whole TrainConfig
     metrics: dict[str, Any]  # final train/val/test figures
+    # [H, W] of the training images as stored (an upload's own size; 28x28 for Fashion-MNIST),
+    # which predict's JSON instances may come in; None in files written before it was kept.
+    image_shape: list[int] | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, sort_keys=True)

@@ -330,8 +330,9 @@ async def predict(model_id: ModelId, request: Request) -> JSONResponse:
                 payload = parse_json(body)
             except ValueError as exc:
                 raise InvalidRequest.for_fields([("body", f"not valid JSON ({exc})")]) from exc
-            sides = tuple(sorted({28, loaded.input_side}))
-            images = parse_instances(payload, max_instances=max_instances, sides=sides)
+            images = parse_instances(
+                payload, max_instances=max_instances, shapes=loaded.instance_shapes
+            )
             _refuse_unknown_keys(payload)
             mc_dropout = _one_of(
                 "mc_dropout", mc_dropout, _body_int(payload, "mc_dropout", 1, MAX_MC_PASSES)

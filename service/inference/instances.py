@@ -1,7 +1,7 @@
 """Validate the JSON body ``{"instances": [...]}`` of a prediction request.
 
-Each instance is a square 2-D nested list of gray values 0-255 (row-major, as a
-Fashion-MNIST image), S×S with S one of the allowed sides. The payload arrives already
+Each instance is a 2-D nested list of gray values 0-255 (row-major, as a Fashion-MNIST
+image), H×W with (H, W) one of the allowed shapes. The payload arrives already
 decoded from JSON (by the router); only ints and floats count as numbers — booleans,
 strings, nulls, NaN and infinities are rejected.
 """
@@ -35,13 +35,13 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "×".join(str(n) for n in shape)
 
 
-def _expected(sides: tuple[int, ...]) -> str:
-    squares = " or ".join(f"{s}×{s}" for s in sides)
-    return f"expected a {squares} nested list of pixel values 0–255"
+def _expected(shapes: tuple[tuple[int, int], ...]) -> str:
+    listed = " or ".join(_shape_text(s) for s in shapes)
+    return f"expected a {listed} nested list of pixel values 0–255"
 
 
-def _shape_problem(inst: Any, sides: tuple[int, ...]) -> str | None:
-    """None when ``inst`` is a rectangular S×S list of lists with S in ``sides``."""
+def _shape_problem(inst: Any, shapes: tuple[tuple[int, int], ...]) -> str | None:
+    """None when ``inst`` is a rectangular H×W list of lists with (H, W) in ``shapes``."""
     if not isinstance(inst, list):
         return f"got {_json_name(inst)}"
     if not inst:
@@ -64,7 +64,7 @@ def _shape_problem(inst: Any, sides: tuple[int, ...]) -> str | None:
         if len(deep) > 2:
             return f"got shape {_shape_text(deep)}"
         return "got a nested list deeper than 2-D"
-    if shape[0] != shape[1] or shape[0] not in sides:
+    if shape not in shapes:
         return f"got shape {_shape_text(shape)}"
     return None
 
@@ -77,10 +77,10 @@ def _first_non_number(inst: list[list[Any]]) -> tuple[int, int, Any]:
     raise AssertionError("unreachable: caller saw a non-number")
 
 
-def _parse_one(inst: Any, field: str, sides: tuple[int, ...]) -> np.ndarray:
-    problem = _shape_problem(inst, sides)
+def _parse_one(inst: Any, field: str, shapes: tuple[tuple[int, int], ...]) -> np.ndarray:
+    problem = _shape_problem(inst, shapes)
     if problem is not None:
-        raise InvalidInput(field, f"{_expected(sides)}, {problem}")
+        raise InvalidInput(field, f"{_expected(shapes)}, {problem}")
     # Exact types: bool is an int subclass and must not pass as 0/1.
     if not set(map(type, chain.from_iterable(inst))) <= _NUMBER_TYPES:
         i, j, v = _first_non_number(inst)
@@ -92,7 +92,7 @@ def _parse_one(inst: Any, field: str, sides: tuple[int, ...]) -> np.ndarray:
     except (ValueError, OverflowError, TypeError):  # e.g. an int beyond float range
         arr = None
     if arr is None or arr.shape != (len(inst), len(inst[0])):
-        raise InvalidInput(field, f"{_expected(sides)}, got values numpy cannot read")
+        raise InvalidInput(field, f"{_expected(shapes)}, got values numpy cannot read")
     bad = ~np.isfinite(arr) | (arr < 0) | (arr > 255)
     if bad.any():
         i, j = (int(k) for k in np.argwhere(bad)[0])
@@ -107,14 +107,17 @@ def _parse_one(inst: Any, field: str, sides: tuple[int, ...]) -> np.ndarray:
 
 
 def parse_instances(
-    payload: object, *, max_instances: int, sides: tuple[int, ...] = (28,)
+    payload: object,
+    *,
+    max_instances: int,
+    shapes: tuple[tuple[int, int], ...] = ((28, 28),),
 ) -> list[np.ndarray]:
-    """Validate ``{"instances": [...]}`` and return one (S, S) array per instance.
+    """Validate ``{"instances": [...]}`` and return one (H, W) array per instance.
 
     Arrays are uint8 when every value is a whole number, float32 otherwise; values lie in
     0-255 either way. Raises InvalidInput naming ``"instances"`` or ``"instances[i]"``.
     """
-    sides = tuple(dict.fromkeys(int(s) for s in sides))
+    shapes = tuple(dict.fromkeys((int(h), int(w)) for h, w in shapes))
     if not isinstance(payload, dict):
         raise InvalidInput(
             "instances",
@@ -131,4 +134,4 @@ def parse_instances(
         raise InvalidInput(
             "instances", f"at most {max_instances} instances per request, got {len(instances)}"
         )
-    return [_parse_one(inst, f"instances[{k}]", sides) for k, inst in enumerate(instances)]
+    return [_parse_one(inst, f"instances[{k}]", shapes) for k, inst in enumerate(instances)]

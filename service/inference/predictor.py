@@ -72,6 +72,18 @@ class LoadedModel:
         return int(self.description.input_side)
 
     @property
+    def instance_shapes(self) -> tuple[tuple[int, int], ...]:
+        """The (H, W) a JSON instance may have: a Fashion-MNIST image's 28x28, the model's
+        input side, and the training images' own size (an upload's); each is resized to the
+        input side, as files are."""
+        side = self.input_side
+        shapes = [(28, 28), (side, side)]
+        if self.description.image_shape:
+            height, width = self.description.image_shape
+            shapes.append((int(height), int(width)))
+        return tuple(sorted(set(shapes)))
+
+    @property
     def class_names(self) -> list[str]:
         return list(self.description.class_names)
 

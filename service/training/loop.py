@@ -70,6 +70,7 @@ class TrainResult:
     input_side: int
     class_names: list[str]
     epochs: list[EpochMetrics] = field(default_factory=list)
+    image_shape: tuple[int, int] | None = None  # (H, W) of the training images as stored
     train_loss: float = math.nan
     train_acc: float = math.nan
     val_loss: float = math.nan
@@ -535,4 +536,5 @@ def fit(
         val_acc=last.val_acc,
         test_loss=test_loss,
         test_acc=test_acc,
+        image_shape=(int(train_x.shape[-2]), int(train_x.shape[-1])),
     )

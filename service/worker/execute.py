@@ -201,6 +201,7 @@ def execute_job(
             class_names=list(trained.class_names),
             config=config.to_dict(),
             metrics=trained.metrics(),
+            image_shape=list(trained.image_shape) if trained.image_shape else None,
         )
         publish = _publisher(artifact_dir, description, trained.model)
 

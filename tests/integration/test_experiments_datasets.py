@@ -118,6 +118,18 @@ def test_upload_list_and_train_on_every_format(database_url: str, start_server) 
     assert client.get(f"/models/{ids['npz']}").json()["dataset"] == stored["npz"]["id"]
     predicted = client.post(f"/models/{ids['npz']}/predict", json={"instances": [[[0] * 28] * 28]})
     assert predicted.json()["predictions"][0]["class_name"] in ("left", "right")
+    # JSON instances may also come in the training images' own size (20×20 for the zip, whose
+    # model takes 28×28), resized as an .npy of them is.
+    image = shapes(1, side=20)[0][0]
+    npy = io.BytesIO()
+    np.save(npy, image[None])
+    by_npy = client.post(f"/models/{ids['zip']}/predict", content=npy.getvalue(),
+                         headers={"content-type": "application/x-npy"})  # fmt: skip
+    by_json = client.post(f"/models/{ids['zip']}/predict", json={"instances": [image.tolist()]})
+    assert by_json.status_code == 200, by_json.text
+    assert by_json.json()["predictions"][0]["probabilities"] == pytest.approx(
+        by_npy.json()["predictions"][0]["probabilities"], abs=1e-6
+    )
     assert done["csv"]["result"]["weights"] == pytest.approx([1.0, -2.0, 0.5], abs=0.05)
     assert "weight_error_norm" not in done["csv"]["result"]  # the true w of a CSV is unknown
 

@@ -189,13 +189,13 @@ def test_parse_instances_accepts_ints_and_floats() -> None:
     np.testing.assert_allclose(fractional, pixels / 2, rtol=1e-6)
 
 
-def test_parse_instances_accepts_each_allowed_side() -> None:
+def test_parse_instances_accepts_each_allowed_shape() -> None:
     arrays = parse_instances(
-        {"instances": [_pixels().tolist(), _pixels(shape=(32, 32)).tolist()]},
+        {"instances": [_pixels().tolist(), _pixels(shape=(16, 20)).tolist()]},
         max_instances=2,
-        sides=(28, 32),
+        shapes=((28, 28), (16, 20)),
     )
-    assert [a.shape for a in arrays] == [(28, 28), (32, 32)]
+    assert [a.shape for a in arrays] == [(28, 28), (16, 20)]
 
 
 def _reason(payload: object, **kwargs) -> tuple[str, str]:
@@ -221,8 +221,12 @@ def test_parse_instances_rejects_wrong_shapes() -> None:
 
     _, reason = _reason({"instances": [list(range(28))]})
     assert "got shape 28" in reason
-    _, reason = _reason({"instances": [_pixels(shape=(32, 32)).tolist()]}, sides=(28, 224))
+    _, reason = _reason(
+        {"instances": [_pixels(shape=(32, 32)).tolist()]}, shapes=((28, 28), (224, 224))
+    )
     assert "28×28 or 224×224" in reason and "got shape 32×32" in reason
+    _, reason = _reason({"instances": [_pixels(shape=(20, 16)).tolist()]}, shapes=((16, 20),))
+    assert reason.startswith("expected a 16×20") and "got shape 20×16" in reason
     _, reason = _reason({"instances": [7]})
     assert "got a number" in reason
 
