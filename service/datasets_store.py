@@ -90,14 +90,17 @@ class StoredFacts:
 
     kind: str  # image | regression
     train_examples: int  # the size of its training set
+    test_examples: int | None = None  # and of its test set
 
 
 def stored_facts(session: Session, dataset: str) -> StoredFacts | None:
-    """Kind and training-set size of the uploaded dataset `dataset`; None if there is none."""
+    """Kind and set sizes of the uploaded dataset `dataset`; None if there is none."""
     if not is_stored_id(dataset):
         return None
     row = session.get(StoredDataset, dataset)
-    return StoredFacts(row.kind, row.train_examples) if row is not None else None
+    if row is None:
+        return None
+    return StoredFacts(row.kind, row.train_examples, row.test_examples)
 
 
 def list_datasets(

@@ -33,6 +33,7 @@ from service.training.data import (
     IMAGE_DATASETS,
     KNOWN_DATASETS,
     REGRESSION_DATASETS,
+    SYNTHETIC_TEST,
     SYNTHETIC_TRAIN,
     DatasetError,
     is_stored_id,
@@ -81,11 +82,15 @@ class UploadedDataset(Protocol):
     @property
     def train_examples(self) -> int: ...
 
+    @property
+    def test_examples(self) -> int | None: ...
+
 
 # The standard Fashion-MNIST training set (the IDX files data.find_fashion_mnist finds). A
 # smaller set under TRAINSERVE_DATA_DIR only makes the submit-time checks miss a case that the
 # job then reports itself.
 FASHION_MNIST_TRAIN = 60_000
+FASHION_MNIST_TEST = 10_000
 
 
 @lru_cache(maxsize=len(KNOWN_DATASETS))
@@ -97,6 +102,18 @@ def builtin_train_examples(name: str) -> int | None:
         return SYNTHETIC_TRAIN
     if name in REGRESSION_DATASETS:
         return len(load_tabular(name).train_y)  # generated, small and cached
+    return None
+
+
+@lru_cache(maxsize=len(KNOWN_DATASETS))
+def builtin_test_examples(name: str) -> int | None:
+    """The size of a built-in dataset's test set; None for anything else."""
+    if name == "fashion-mnist":
+        return FASHION_MNIST_TEST
+    if name == "synthetic":
+        return SYNTHETIC_TEST
+    if name in REGRESSION_DATASETS:
+        return len(load_tabular(name).test_y)
     return None
 
 
@@ -266,7 +283,8 @@ class JobCreate(BaseModel):
     )  # fmt: skip
     test_examples: int | None = Field(
         default=None, ge=1, le=2**31 - 1,
-        description="Evaluate on only the first this many test examples (more than the set: all)",
+        description="Evaluate on only the first this many test examples (the set's size or "
+        "more: all, stored as null)",
     )  # fmt: skip
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first")
     devices: int = Field(
@@ -335,9 +353,16 @@ class JobCreate(BaseModel):
         regression = spec.task == "regression"
         lenet = self.model == "lenet"
         # As many as the set has, or more, is the whole set: stored as null (all), so that the
-        # job shows what it trains on and a sweep sees 2,000 and null on synthetic as one job.
-        size = builtin_train_examples(self.dataset) or (stored.train_examples if stored else None)
-        whole = size is not None and self.train_examples is not None and self.train_examples >= size
+        # job shows what it trains (and is tested) on, and a sweep sees 2,000 and null on
+        # synthetic as one job.
+        train_examples = _all_as_null(
+            self.train_examples,
+            builtin_train_examples(self.dataset) or (stored.train_examples if stored else None),
+        )
+        test_examples = _all_as_null(
+            self.test_examples,
+            builtin_test_examples(self.dataset) or (stored.test_examples if stored else None),
+        )
         config = TrainConfig(
             model=self.model,
             dataset=self.dataset,
@@ -351,8 +376,8 @@ class JobCreate(BaseModel):
             seed=self.seed if self.seed is not None else random.randrange(2**31),
             resize=self.resize,
             val_fraction=self.val_fraction,
-            train_examples=None if whole else self.train_examples,
-            test_examples=self.test_examples,
+            train_examples=train_examples,
+            test_examples=test_examples,
             kind=self.kind,
             loss=(self.loss or "l2") if regression else None,
             l1=self.l1,
@@ -462,6 +487,11 @@ class JobCreate(BaseModel):
              f"of the {used} training examples ({origin}), {left}; use a smaller batch_size "
              "or last_batch 'keep' or 'pad'")
         ]  # fmt: skip
+
+
+def _all_as_null(asked: int | None, size: int | None) -> int | None:
+    """``asked`` examples of a set of ``size``: None (all) when that is all of them."""
+    return None if asked is not None and size is not None and asked >= size else asked
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -290,6 +290,8 @@ BAD_SWEEPS = [
       "grid": {"train_examples": [2000, 100_000]}}, "grid.train_examples"),
     ({"base": {"model": "softmax", "dataset": "synthetic"},
       "grid": {"train_examples": [None, 2001]}}, "grid.train_examples"),
+    ({"base": {"model": "softmax"}, "grid": {"test_examples": [10_000, 1_000_000]}},
+     "grid.test_examples"),
     # kfold has no use for val_fraction (its folds are its validation sets)
     ({"base": {"model": "softmax", "kind": "kfold"}, "grid": {"val_fraction": [0.1, 0.2]}},
      "grid.val_fraction"),

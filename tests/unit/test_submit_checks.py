@@ -188,7 +188,7 @@ def test_sweep_points_take_json_integers_only() -> None:
     assert sweep_fields({"base": base, "grid": {"epochs": [1, 2.0]}}) == ["grid.epochs"]
 
 
-def test_train_examples_of_the_whole_set_or_more_is_stored_as_all() -> None:
+def test_examples_of_the_whole_set_or_more_are_stored_as_all() -> None:
     """The run trains on the same examples for the set's size, more, or null (all): the job
     says so, and a sweep's points differing only there are one job."""
 
@@ -204,6 +204,19 @@ def test_train_examples_of_the_whole_set_or_more_is_stored_as_all() -> None:
     upload = {"model": "mlp", "dataset": "ds_0123456789abcdef"}
     assert stored_train_examples({**upload, "train_examples": 50}, StoredFacts("image", 40)) is None
     assert stored_train_examples({**upload, "train_examples": 30}, StoredFacts("image", 40)) == 30
+
+    # the test set likewise (synthetic has 500, fashion-mnist 10,000, an upload its own)
+    def stored_test_examples(body: dict[str, Any], stored: StoredFacts | None = None) -> Any:
+        config, found = JobCreate.model_validate(body).resolve(stored)
+        assert found == []
+        return config.test_examples
+
+    assert stored_test_examples({**synthetic, "test_examples": 500}) is None
+    assert stored_test_examples({**synthetic, "test_examples": 499}) == 499
+    assert stored_test_examples({"model": "softmax", "test_examples": 10**6}) is None
+    facts = StoredFacts("image", 40, 10)
+    assert stored_test_examples({**upload, "test_examples": 10}, facts) is None
+    assert stored_test_examples({**upload, "test_examples": 9}, facts) == 9
     # the training itself: the same examples either way
     n = SYNTHETIC_TRAIN
     assert all(
