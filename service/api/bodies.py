@@ -72,16 +72,32 @@ def refuse_encoded(request: Request) -> None:
 
 
 def _decompressed(body: bytes, encoding: str, limit: int) -> bytes:
-    decoder = zlib.decompressobj(DECODERS[encoding])
-    try:
-        data = decoder.decompress(body, limit + 1)  # no more than the limit is ever inflated
-    except zlib.error as exc:
-        raise InvalidRequest.for_fields([("body", f"not valid {encoding} data ({exc})")]) from None
-    if len(data) > limit:
-        raise PayloadTooLarge(f"the body decompresses to over the limit of {limit} bytes")
-    if not decoder.eof:
-        raise InvalidRequest.for_fields([("body", f"the {encoding} data is cut short")])
-    return data
+    """The body inflated, never past ``limit`` + 1 bytes; gzip members one after another (RFC
+    1952: what ``gzip.decompress`` reads), nothing else after them."""
+    parts: list[bytes] = []
+    size, rest = 0, body
+    while True:
+        decoder = zlib.decompressobj(DECODERS[encoding])
+        try:
+            part = decoder.decompress(rest, limit + 1 - size)
+        except zlib.error as exc:
+            reason = f"not valid {encoding} data ({exc})"
+            raise InvalidRequest.for_fields([("body", reason)]) from None
+        size += len(part)
+        parts.append(part)
+        if size > limit or decoder.unconsumed_tail:
+            raise PayloadTooLarge(f"the body decompresses to over the limit of {limit} bytes")
+        if not decoder.eof:
+            raise InvalidRequest.for_fields([("body", f"the {encoding} data is cut short")])
+        rest = decoder.unused_data
+        if not rest:
+            return b"".join(parts)
+        if encoding == "deflate" or not rest.startswith(GZIP_MAGIC):
+            reason = f"{len(rest)} bytes follow the {encoding} data"
+            raise InvalidRequest.for_fields([("body", reason)])
+
+
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 async def read_form_limited(

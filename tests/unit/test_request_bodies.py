@@ -1,13 +1,16 @@
-"""parse_json: the JSON of POST /jobs, /sweeps and predict, with no key given twice."""
+"""parse_json: the JSON of POST /jobs, /sweeps and predict, with no key given twice; and the
+decompression of gzip and deflate bodies."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 
 import pytest
 
-from service.api.bodies import REPEATED, parse_json
-from service.errors import InvalidRequest
+from service.api.bodies import REPEATED, _decompressed, parse_json
+from service.errors import InvalidRequest, PayloadTooLarge
 
 
 def repeated_fields(body: bytes) -> list[str]:
@@ -41,3 +44,24 @@ def test_a_body_that_is_not_json_is_a_value_error() -> None:
     for raw in (b"{oops", b'{"a": 1,}', b"\xff"):
         with pytest.raises(ValueError):
             parse_json(raw)
+
+
+def test_compressed_bodies_are_inflated_within_the_limit() -> None:
+    """gzip members one after another are one body (RFC 1952, as gzip.decompress reads them);
+    anything else after the data, a cut stream, or more than the limit inflated is refused."""
+    a, b = b'{"instances": ', b"[[0]]}"
+    assert _decompressed(gzip.compress(a) + gzip.compress(b), "gzip", 100) == a + b
+    assert _decompressed(zlib.compress(a + b), "deflate", 100) == a + b
+    for encoding, packed in (("gzip", gzip.compress(a)), ("deflate", zlib.compress(a))):
+        with pytest.raises(InvalidRequest, match="follow"):
+            _decompressed(packed + b"junk", encoding, 100)
+        with pytest.raises(InvalidRequest, match="cut short"):
+            _decompressed(packed[:-6], encoding, 100)
+    with pytest.raises(InvalidRequest, match="not valid gzip"):
+        _decompressed(b"\x1f\x8bnot really", "gzip", 100)
+    bomb = gzip.compress(bytes(10_000_000))
+    with pytest.raises(PayloadTooLarge):
+        _decompressed(bomb, "gzip", 1_000)
+    with pytest.raises(PayloadTooLarge):  # the limit counts every member
+        _decompressed(gzip.compress(bytes(600)) * 2, "gzip", 1_000)
+    assert len(_decompressed(gzip.compress(bytes(500)) * 2, "gzip", 1_000)) == 1_000
