@@ -35,7 +35,7 @@ from PIL import Image
 
 from service.inference.errors import InvalidInput, OverPixelBudget
 from service.inference.images import decode_image
-from service.training.data import DatasetError, parse_idx
+from service.training.data import DatasetError, idx_declared_size, parse_idx
 
 MIN_EXAMPLES = 10  # enough for a test, a validation and a training split
 MIN_CLASSES, MAX_CLASSES = 2, 1000
@@ -386,9 +386,23 @@ def _maybe_gunzip(raw: bytes, max_bytes: int, what: str) -> bytes:
     limit = DECOMPRESSED_FACTOR * max_bytes
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
-            data = stream.read(limit + 1)
+            # The header says how large the file is: a small gzip declaring more than the limit
+            # is refused before it is inflated (1 MB of zeros would fill 800 MB first).
+            head = stream.read(4)
+            head += stream.read(4 * head[3]) if len(head) == 4 else b""
+            declared = idx_declared_size(head)
+            if declared is not None and declared > limit:
+                raise UploadError(
+                    what, f"the file declares {declared} bytes, over the limit of {limit}"
+                )
+            wanted = limit if declared is None else declared
+            data = head + stream.read(wanted + 1 - len(head))
     except (OSError, EOFError) as exc:
         raise UploadError(what, f"a broken gzip file: {exc}") from exc
+    if declared is not None and len(data) > declared:
+        raise UploadError(
+            what, f"the file holds more than the {declared} bytes its header declares"
+        )
     if len(data) > limit:
         raise UploadError(what, "the file unpacks to more than the size limit allows")
     return data

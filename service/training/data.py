@@ -126,6 +126,18 @@ def parse_idx(raw: bytes, *, source: str = "<bytes>") -> np.ndarray:
     return data.astype(dtype.newbyteorder("="), copy=True)  # native order, writable
 
 
+def idx_declared_size(head: bytes) -> int | None:
+    """The whole size in bytes (header and data) an IDX file's header declares, from its first
+    bytes (4, then 4 per dimension); None where they are no IDX header (parse_idx says why)."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+        return None
+    header = 4 + 4 * head[3]
+    if len(head) < header:
+        return None
+    dims = np.frombuffer(head, dtype=">u4", count=head[3], offset=4)
+    return header + math.prod(int(d) for d in dims) * _IDX_DTYPES[head[2]].itemsize
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file, gzipped (``.gz``) or not."""
     path = Path(path)

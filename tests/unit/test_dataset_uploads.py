@@ -6,6 +6,7 @@ import gzip
 import io
 import re
 import struct
+import time
 import zipfile
 
 import numpy as np
@@ -127,6 +128,22 @@ def test_idx_pair(gz: bool) -> None:
         "labels", "one per image", parse_idx_pair, idx_bytes(images), idx_bytes(labels[:3]), LIMIT
     )
     refused("images", r"\(N, H, W\)", parse_idx_pair, idx_bytes(labels), idx_bytes(labels), LIMIT)
+
+
+def test_a_gzipped_idx_file_is_inflated_no_further_than_its_header_declares() -> None:
+    """A small gzip whose header declares more than the limit is refused before it is inflated
+    (1 MB of zeros filled 800 MB first); one holding more than it declares, after that size."""
+    labels = (np.arange(30) % 10).astype(np.uint8)
+    header = bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 1_300_000, 28, 28)
+    bomb = gzip.compress(header + bytes(10_000_000))  # the zeros stop long before 1,300,000 images
+    started = time.perf_counter()
+    refused("images", "declares", parse_idx_pair, bomb, idx_bytes(labels), LIMIT)
+    assert time.perf_counter() - started < 1.0
+    images = np.zeros((30, 28, 28), dtype=np.uint8)
+    longer = gzip.compress(idx_bytes(images) + bytes(1000))
+    refused("images", "more than the", parse_idx_pair, longer, idx_bytes(labels), LIMIT)
+    shorter = gzip.compress(idx_bytes(images)[:-10])
+    refused("images", "dims", parse_idx_pair, shorter, idx_bytes(labels), LIMIT)
 
 
 def test_zip_of_class_folders() -> None:
