@@ -21,6 +21,7 @@ import torch
 from service.training.config import DEFAULT_K, TrainConfig
 from service.training.data import DatasetError, Splits, load_dataset
 from service.training.diagnosis import diagnose
+from service.training.diagnosis_advice import RunFacts, run_facts
 from service.training.loop import fit
 from service.training.regression import TabularSplits, fit_regression, load_tabular
 from service.training.steps import EpochMetrics
@@ -67,6 +68,7 @@ class KFoldResult:
     k: int
     folds: list[FoldResult]
     num_classes: int | None  # None for regression
+    facts: RunFacts | None = None  # the job's knobs, for the diagnosis's advice
 
     def _mean_std(self, key: str) -> tuple[float | None, float | None]:
         values = [getattr(f.epochs[-1], key) for f in self.folds]
@@ -111,6 +113,7 @@ class KFoldResult:
                 curves["train_acc"],
                 curves["val_acc"],
                 self.num_classes,
+                self.facts,
             ),
         }
 
@@ -146,7 +149,7 @@ def cross_validate(
             result = fit_regression(config, splits, device=device, should_stop=should_stop)
             folds.append(FoldResult(i + 1, len(train_idx), len(val_idx), result.epochs))
             on_fold(folds[-1])
-        return KFoldResult(k, folds, None)
+        return KFoldResult(k, folds, None, run_facts(config))
 
     dataset = load_dataset(config.dataset, data_dir, datasets_dir)
     parts = fold_indices(
@@ -165,4 +168,4 @@ def cross_validate(
         result = fit(config, splits, dataset.class_names, device=device, should_stop=should_stop)
         folds.append(FoldResult(i + 1, len(train_idx), len(val_idx), result.epochs))
         on_fold(folds[-1])
-    return KFoldResult(k, folds, len(dataset.class_names))
+    return KFoldResult(k, folds, len(dataset.class_names), run_facts(config))

@@ -32,6 +32,7 @@ from service.tables import JobStatus
 from service.training.config import TrainConfig
 from service.training.data import DatasetError
 from service.training.diagnosis import diagnose_epochs
+from service.training.diagnosis_advice import run_facts
 from service.training.distributed import job_devices, train_data_parallel
 from service.training.kfold import cross_validate
 from service.training.loop import (
@@ -150,7 +151,10 @@ def execute_job(
         elif config.is_regression:
             fitted = train_regression(config, on_epoch=on_epoch, **common)
             final = fitted.metrics()
-            result = {**fitted.report, "diagnosis": diagnose_epochs(fitted.epochs)}
+            result = {
+                **fitted.report,
+                "diagnosis": diagnose_epochs(fitted.epochs, facts=run_facts(config)),
+            }
         else:
             artifacts.fetch_checkpoint(artifact_dir, job_id)  # a run on another machine's
             if config.devices > 1:
@@ -174,7 +178,7 @@ def execute_job(
                     **common,
                 )
             final = trained.metrics()
-            diagnosis = diagnose_epochs(trained.epochs, len(trained.class_names))
+            diagnosis = diagnose_epochs(trained.epochs, len(trained.class_names), run_facts(config))
             result = {"diagnosis": diagnosis}
     except TrainingCancelled:
         return Outcome.LEASE_LOST if lost.is_set() else Outcome.STOPPED

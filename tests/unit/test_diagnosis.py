@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from service.training.config import TrainConfig
 from service.training.diagnosis import diagnose
+from service.training.diagnosis_advice import run_facts
 
 
 def test_overfitting_when_validation_turns_back_up() -> None:
@@ -139,3 +141,165 @@ def test_a_training_loss_above_ln_classes_does_worse_than_guessing() -> None:
         "worse than guessing" in verdict["reason"]
         and "lower the learning rate" in verdict["reason"]
     )
+
+
+# The tester's second round (Fashion-MNIST, seed 0, unless stated): rows as the jobs ran.
+
+SOFTMAX_FULL_10 = (  # softmax lr 0.1, 10 epochs, all 54 000 examples: the course's good fit
+    [0.8163, 0.5845, 0.5363, 0.5102, 0.4931, 0.4819, 0.4723, 0.4641, 0.4574, 0.4525],
+    [0.624, 0.5567, 0.5215, 0.5009, 0.484, 0.4742, 0.4729, 0.4708, 0.4813, 0.4638],
+    [0.7336, 0.8086, 0.8228, 0.8301, 0.8357, 0.8384, 0.8411, 0.8427, 0.845, 0.8468],
+    [0.794, 0.8123, 0.823, 0.827, 0.8343, 0.837, 0.8375, 0.8395, 0.8288, 0.8402],
+)
+
+
+def test_worse_than_guessing_is_underfitting_whatever_the_gap() -> None:
+    # softmax lr 20, 5 epochs: a training loss 18x ln 10; validation 1.74x it and rising.
+    train = [174.4315, 75.2499, 56.3842, 54.4019, 42.3969]
+    val = [39.7391, 37.7158, 67.3053, 43.7478, 73.717]
+    accs = [0.4823, 0.6846, 0.7011, 0.7068, 0.7447], [0.647, 0.625, 0.627, 0.657, 0.634]
+    facts = run_facts(TrainConfig(model="softmax", lr=20.0))
+    verdict = diagnose(train, val, *accs, num_classes=10, facts=facts)
+    assert verdict is not None and verdict["verdict"] == "underfitting", verdict
+    assert "worse than guessing" in verdict["reason"] and "no overfitting" in verdict["reason"]
+    assert verdict["reason"].endswith("lower the learning rate (now 20)")  # no penalty is set
+
+
+def test_a_two_class_model_at_chance_cannot_overfit() -> None:
+    # An upload of 9 examples, 2 classes, 1 epoch: loss 0.64 is within 10% of ln 2 = 0.693.
+    verdict = diagnose([0.64], [0.98], [0.5], [0.0], num_classes=2)
+    assert verdict is not None and verdict["verdict"] == "underfitting", verdict
+    assert "within 10% of ln 2" in verdict["reason"]
+    assert "validation accuracy 0.000 is at or below chance (0.500)" in verdict["reason"]
+    # kfold k 10 on it: the mean training loss 0.99 is above ln 2.
+    verdict = diagnose([0.99], [0.81], [0.5], [0.3], num_classes=2)
+    assert verdict is not None and verdict["verdict"] == "underfitting", verdict
+    assert "worse than guessing" in verdict["reason"]
+
+
+def test_the_loss_ratio_prints_two_decimals() -> None:
+    verdict = diagnose([0.6, 0.45, 0.44, 0.44], [0.6, 0.65, 0.66, 0.669])
+    assert verdict is not None and verdict["verdict"] == "overfitting", verdict
+    assert "is 1.52x the training loss" in verdict["reason"]
+
+
+def test_high_training_error_is_underfitting_and_a_course_fit_stays_good() -> None:
+    # softmax, weight decay 5, lr 0.1, 3 epochs on all of Fashion-MNIST: 1.964 = 85 % of ln 10.
+    train, val = [1.9907, 1.9681, 1.9636], [1.9758, 1.9427, 1.9507]
+    accs = [0.4008, 0.4414, 0.4405], [0.3278, 0.4598, 0.2713]
+    facts = run_facts(TrainConfig(model="softmax", weight_decay=5.0, lr=0.1))
+    verdict = diagnose(train, val, *accs, num_classes=10, facts=facts)
+    assert verdict is not None and verdict["verdict"] == "underfitting", verdict
+    assert "training error is high" in verdict["reason"] and "85% of" in verdict["reason"]
+    assert "a weaker penalty (weight decay 5)" in verdict["reason"]
+    assert "dropout" not in verdict["reason"]
+    assert abs(verdict["train_loss_share_of_uniform"] - 0.853) < 1e-3
+    verdict = diagnose(*SOFTMAX_FULL_10, num_classes=10)  # 0.4525 = 20 % of ln 10
+    assert verdict is not None and verdict["verdict"] == "good fit", verdict
+
+
+def test_a_low_training_accuracy_is_high_error_even_below_the_loss_bar() -> None:
+    # MLP on 100 examples, dropout 0, batch 16, lr 0.5, 40 epochs: the loss swings between 1.5
+    # and 2.8 and ends at 68 % of ln 10; training accuracy 0.31 is 23 % of the way from chance.
+    train = [5.921, 6.4944, 2.8812, 2.2825, 2.099, 1.62, 2.05, 1.71, 1.58]
+    val = [2.698, 2.7027, 2.2778, 2.0976, 2.0336, 1.66, 2.11, 1.74, 1.62]
+    train_acc = [0.11, 0.17, 0.14, 0.23, 0.31, 0.29, 0.24, 0.27, 0.31]
+    val_acc = [0.2, 0.2, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]
+    facts = run_facts(TrainConfig(model="mlp", lr=0.5, dropout=0.0))
+    verdict = diagnose(train, val, train_acc, val_acc, num_classes=10, facts=facts)
+    assert verdict is not None and verdict["verdict"] == "underfitting", verdict
+    assert "training accuracy 0.310 is 23% of the way from chance" in verdict["reason"]
+    assert "a lower learning rate (now 0.5), as the training loss rose 27%" in verdict["reason"]
+
+
+def test_one_epoch_is_no_good_fit_when_the_error_is_high_and_provisional_otherwise() -> None:
+    # softmax on the synthetic set, 1 epoch: loss 2.00 (87 % of ln 10), accuracy 0.41.
+    verdict = diagnose([2.0028], [1.6243], [0.4139], [0.48], num_classes=10)
+    assert verdict is not None and verdict["verdict"] == "underfitting", verdict
+    # softmax on 10 000 examples, 1 epoch: loss 1.30 (57 %), accuracy 0.58: nothing argues.
+    verdict = diagnose([1.3036], [0.9293], [0.5847], [0.703], num_classes=10)
+    assert verdict is not None and verdict["verdict"] == "good fit", verdict
+    assert "one epoch shows no trend" in verdict["reason"] and "provisional" in verdict["reason"]
+
+
+def test_an_accuracy_gap_against_the_losses_is_no_overfitting() -> None:
+    # One epoch: validation loss 1.69 below training loss 1.95, accuracies 0.40 vs 0.235.
+    verdict = diagnose([1.95], [1.69], [0.40], [0.235], num_classes=10)
+    assert verdict is not None and verdict["verdict"] == "underfitting", verdict
+    assert "points above" not in verdict["reason"]
+    # A model that fits: 12 points of accuracy gap, but validation loss below training loss.
+    verdict = diagnose(
+        [0.45, 0.44, 0.44], [0.40, 0.40, 0.40], [0.92, 0.93, 0.93], [0.81, 0.81, 0.81], 10
+    )
+    assert verdict is not None and verdict["verdict"] == "good fit", verdict
+
+
+def test_the_stuck_advice_names_the_causes_that_apply() -> None:
+    # softmax, weight decay 100, lr 0.01, 3 epochs: 2.277 = 98.9 % of ln 10.
+    train, val = [2.2825, 2.2772, 2.2774], [2.2791, 2.2791, 2.2828]
+    accs = [0.2468, 0.2543, 0.2338], [0.094, 0.159, 0.094]
+    facts = run_facts(TrainConfig(model="softmax", weight_decay=100.0, lr=0.01))
+    verdict = diagnose(train, val, *accs, num_classes=10, facts=facts)
+    assert verdict is not None and verdict["verdict"] == "underfitting", verdict
+    assert "the penalty (weight decay 100)" in verdict["reason"]
+    assert "ReLU" not in verdict["reason"] and "(now 0.01)" in verdict["reason"]
+    # MLP at lr 1e-6, nothing set: the lr, and dead ReLUs (an MLP has them); no penalty.
+    flat, accs_flat = [2.3133, 2.3132, 2.3132], [0.1739, 0.1739, 0.1739]
+    facts = run_facts(TrainConfig(model="mlp", lr=1e-6, dropout=0.0))
+    verdict = diagnose(flat, flat, accs_flat, accs_flat, num_classes=10, facts=facts)
+    assert verdict is not None and "dead ReLUs" in verdict["reason"], verdict
+    assert "penalty" not in verdict["reason"] and "regularisation" not in verdict["reason"]
+    # softmax at lr 1e-4, nothing set: still within 10 % of ln 10; the lr, not regularisation.
+    train = [2.25, 2.21, 2.18]
+    facts = run_facts(TrainConfig(model="softmax", lr=1e-4))
+    verdict = diagnose(train, train, [0.3, 0.32, 0.33], [0.3, 0.32, 0.33], 10, facts)
+    assert verdict is not None and verdict["verdict"] == "underfitting", verdict
+    assert verdict["reason"].endswith(
+        "a higher learning rate (now 0.0001), a longer run or a larger model"
+    )
+
+
+def test_the_overfitting_advice_fits_the_job() -> None:
+    # MLP, dropout 0, lr 0.1, 10 epochs on 10 000 examples: validation turned up after epoch 9.
+    train = [1.2947, 0.8089, 0.7031, 0.6477, 0.5929, 0.5691, 0.5425, 0.5218, 0.5009, 0.4888]
+    val = [0.8671, 0.7023, 0.8022, 0.6883, 0.6969, 0.5899, 0.6985, 0.6596, 0.539, 0.7176]
+    facts = run_facts(TrainConfig(model="mlp", lr=0.1, dropout=0.0, weight_decay=0.01))
+    verdict = diagnose(train, val, facts=facts)
+    assert verdict is not None and verdict["verdict"] == "overfitting", verdict
+    assert verdict["reason"].endswith(
+        "more data, stronger weight decay (now 0.01), dropout or fewer epochs (validation was "
+        "best at epoch 9)"
+    )
+    assert verdict["best_val_epoch"] == 9
+    # Validation did not turn up, and softmax has no dropout: neither is suggested.
+    facts = run_facts(TrainConfig(model="softmax"))
+    verdict = diagnose([0.5, 0.45], [0.55, 0.52], [0.95, 0.97], [0.8, 0.81], 10, facts)
+    assert verdict is not None and verdict["verdict"] == "overfitting", verdict
+    assert verdict["reason"].endswith("more data or weight decay")
+    # Without the job's knobs: dropout only where the model has it.
+    verdict = diagnose([0.5, 0.45], [0.55, 0.52], [0.95, 0.97], [0.8, 0.81], 10)
+    assert verdict is not None and "dropout where the model has it" in verdict["reason"]
+    assert "fewer epochs" not in verdict["reason"]
+
+
+def test_one_epoch_uptick_in_a_falling_trend_is_not_a_rising_loss() -> None:
+    # MLP lr 0.5, 8 epochs on 10 000 examples: 0.5827 -> 0.4827 -> 0.5093, up 5.5 % in the last
+    # epoch but down 5 % a epoch over the window; that epoch's validation loss is the run's best.
+    train = [1.7395, 1.1134, 0.7707, 0.6489, 0.5989, 0.5827, 0.4827, 0.5093]
+    val = [1.2269, 0.9366, 0.80, 0.74, 0.70, 0.6768, 0.62, 0.60]
+    train_acc = [0.411, 0.614, 0.708, 0.756, 0.774, 0.788, 0.80, 0.81]
+    val_acc = [0.597, 0.647, 0.70, 0.731, 0.753, 0.76, 0.78, 0.785]
+    verdict = diagnose(train, val, train_acc, val_acc, num_classes=10)
+    assert verdict is not None and verdict["verdict"] == "good fit", verdict
+    assert 0.04 < verdict["train_loss_trend_per_epoch"] < 0.06
+    assert "overshoot" not in verdict["reason"]
+
+
+def test_run_facts_from_a_job() -> None:
+    softmax = run_facts(TrainConfig(model="softmax", lr=0.1, weight_decay=0.5))
+    assert (softmax.takes_dropout, softmax.relu, softmax.weight_decay) == (False, False, 0.5)
+    assert run_facts(TrainConfig(model="mlp")).relu is True
+    assert run_facts(TrainConfig(model="lenet")).relu is False  # the course's sigmoid
+    assert run_facts(TrainConfig(model="lenet", activation="relu")).relu is True
+    unknown = run_facts(TrainConfig(model="nosuch"))
+    assert (unknown.takes_dropout, unknown.relu) == (None, None)
