@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from service.config import (
     check_device,
     check_inference_device,
     check_listen_address,
+    check_writable,
     get_settings,
     unknown_variables,
 )
@@ -29,7 +31,8 @@ def migrate(settings: Settings) -> None:
     from alembic import command
     from alembic.config import Config
 
-    check_database(settings.resolved_database_url).dispose()  # one line, not a traceback
+    check_writable(settings, artifacts=False)  # one line, not a traceback
+    check_database(settings.resolved_database_url).dispose()
     config = Config(str(REPO_ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(REPO_ROOT / "alembic"))
     config.set_main_option("sqlalchemy.url", settings.resolved_database_url.replace("%", "%%"))
@@ -59,8 +62,10 @@ def _serve(args: argparse.Namespace) -> int:
     # Before migrating and starting workers:
     check_inference_device(settings.inference_device)
     check_listen_address(settings.host, settings.port)
+    devices = default_worker_devices(settings.workers, settings.slots_per_gpu)
+    check_writable(settings, artifacts=bool(devices))
     migrate(settings)
-    pool = WorkerPool(settings, default_worker_devices(settings.workers, settings.slots_per_gpu))
+    pool = WorkerPool(settings, devices)
     pool.start()
     try:
         log = logging.getLogger("trainserve")
@@ -82,6 +87,7 @@ def _worker(args: argparse.Namespace) -> int:
     device = args.device.strip().lower() if args.device else _default_device()
     # Before anything else: a worker on a device it cannot use would claim jobs and fail them.
     check_device(device, "--device")
+    check_writable(settings, artifacts=True)
     if args.migrate:
         migrate(settings)
     else:
@@ -129,6 +135,7 @@ def _migrate(_: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainserve", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="API + embedded worker pool (migrates first)")
@@ -160,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     # alembic's plugin set-up logs seven INFO lines at its import, on every start.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        # argparse would first say the command is missing, not what it did not know
+        parser.error(f"unrecognized arguments: {argv[0]} (options come after the command)")
+    args = parser.parse_args(argv)
     if getattr(args, "parent_pid", None) is None:  # an embedded worker's `serve` has warned
         for line in unknown_variables(os.environ):
             logging.getLogger("trainserve").warning(line)
@@ -172,6 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     except SettingError as exc:
         print(f"trainserve: {exc}", file=sys.stderr)
         return 2
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("trainserve")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "(not installed)"
 
 
 def _describe(exc: ValidationError) -> str:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import difflib
 import re
 import socket
+import tempfile
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 DEFAULT_STATE_DIR = Path("var")
 DAY_SECONDS = 86_400
@@ -190,6 +193,33 @@ def check_listen_address(host: str, port: int) -> None:
             raise SettingError(
                 f"cannot listen on {host}:{port} (TRAINSERVE_HOST/TRAINSERVE_PORT, or --host/"
                 f"--port): {exc.strerror}"
+            ) from None
+
+
+def check_writable(settings: Settings, *, artifacts: bool) -> None:
+    """Raise SettingError unless this process can write where it must: the folder of an SQLite
+    database, and (``artifacts``: a process that runs jobs) the artifact directory, which a job
+    would otherwise find unwritable only once it had trained. The API alone may read artifacts
+    from a read-only volume."""
+    places: list[tuple[Path, str]] = []
+    try:
+        url = make_url(settings.resolved_database_url)
+    except ArgumentError:  # not a URL: check_database says so
+        url = None
+    if url and url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        source = "TRAINSERVE_DATABASE_URL" if settings.database_url else "TRAINSERVE_STATE_DIR"
+        places.append((Path(url.database).resolve().parent, source))
+    if artifacts:
+        source = "TRAINSERVE_ARTIFACT_DIR" if settings.artifact_dir else "TRAINSERVE_STATE_DIR"
+        places.append((settings.resolved_artifact_dir, source))
+    for directory, source in places:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError as exc:
+            raise SettingError(
+                f"{source}: cannot write in {directory} ({exc.strerror or exc})"
             ) from None
 
 

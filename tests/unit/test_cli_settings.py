@@ -15,6 +15,7 @@ from service.config import (
     SettingError,
     Settings,
     check_inference_device,
+    check_writable,
     get_settings,
     unknown_variables,
 )
@@ -90,6 +91,43 @@ def test_a_worker_on_a_device_it_cannot_use_does_not_start(
     assert not (fresh_settings / "trainserve.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("variable", "command"),
+    [
+        ("TRAINSERVE_STATE_DIR", ["migrate"]),
+        ("TRAINSERVE_STATE_DIR", ["serve"]),
+        ("TRAINSERVE_ARTIFACT_DIR", ["serve"]),
+        ("TRAINSERVE_ARTIFACT_DIR", ["worker"]),
+    ],
+)
+def test_a_folder_that_cannot_be_written_stops_the_command_naming_it(
+    variable: str, command: list[str], fresh_settings: Path, monkeypatch, capsys
+) -> None:
+    """One line and exit 2, not a traceback; an artifact directory a job cannot write in would
+    otherwise be found only once the job had trained to its end."""
+    blocker = fresh_settings / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(variable, str(blocker / "inside"))
+    monkeypatch.setenv("TRAINSERVE_PORT", "0")  # whatever listens on 8000 here
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert f"{variable}: cannot write in {blocker / 'inside'}" in err
+    assert "Traceback" not in err
+    assert not (fresh_settings / "trainserve.db").exists()  # nothing migrated
+
+
+def test_the_api_alone_may_read_artifacts_from_a_read_only_folder(
+    fresh_settings: Path, monkeypatch
+) -> None:
+    """`serve --workers 0` runs no job: its artifact directory is not checked for writing."""
+    blocker = fresh_settings / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("TRAINSERVE_ARTIFACT_DIR", str(blocker / "inside"))
+    check_writable(Settings(), artifacts=False)
+    with pytest.raises(SettingError, match="TRAINSERVE_ARTIFACT_DIR"):
+        check_writable(Settings(), artifacts=True)
+
+
 def test_serve_options_are_validated_like_the_variables(fresh_settings: Path, capsys) -> None:
     assert main(["serve", "--port", "99999"]) == 2
     assert "--port 99999: Input should be less than or equal to 65535" in capsys.readouterr().err
@@ -162,3 +200,13 @@ def test_variables_read_outside_the_settings_are_known() -> None:
         f"{CUDA_GRAPHS.lower()} is not a trainserve setting and is ignored; did you mean "
         f"{CUDA_GRAPHS}?"
     ]
+
+
+def test_an_unknown_option_before_the_command_is_named(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--bogus"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("trainserve ")
