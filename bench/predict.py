@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+from arguments import choices_list, non_negative_float, positive_float, positive_ints
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FASHION_MNIST_TEST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
@@ -177,7 +178,8 @@ def train_model(url: str, model: str, dataset: str) -> int:
         if dataset == "fashion-mnist":
             body |= {"train_examples": 6000, "test_examples": 1000}
         job = client.post("/jobs", json=body)
-        job.raise_for_status()
+        if job.status_code != 201:
+            raise SystemExit(f"POST {url}/jobs -> {job.status_code}: {job.text}")
         job_id = int(job.json()["id"])
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
@@ -206,16 +208,22 @@ def main(argv: list[str] | None = None) -> int:
                         "a server of its own (default lenet)")  # fmt: skip
     parser.add_argument("--dataset", default="synthetic", help="dataset for that training "
                         "(default synthetic: the weights do not change the speed)")  # fmt: skip
-    parser.add_argument("--concurrency", default="1,8,32,128")
-    parser.add_argument("--seconds", type=float, default=4.0, help="measured, per level")
-    parser.add_argument("--warmup", type=float, default=1.0, help="not measured, per level")
+    parser.add_argument("--concurrency", type=positive_ints, default="1,8,32,128")
+    parser.add_argument("--seconds", type=positive_float, default=4.0, help="measured, per level")
+    parser.add_argument(
+        "--warmup", type=non_negative_float, default=1.0, help="not measured, per level"
+    )
     parser.add_argument("--format", choices=("npy", "json", "png"), default="npy",
                         help="request body: .npy (application/x-npy), JSON instances, or a PNG "
                         "in multipart 'files'")  # fmt: skip
-    parser.add_argument("--modes", default="on,off", help="batching modes to run")
+    parser.add_argument(
+        "--modes", type=choices_list("on", "off"), default="on,off", help="batching modes to run"
+    )
     args = parser.parse_args(argv)
-    levels = [int(c) for c in args.concurrency.split(",")]
-    modes = [m.strip() for m in args.modes.split(",")]
+    if args.model is not None and not args.url:
+        parser.error("--model names a model of the service at --url; without --url the bench "
+                     "starts a server of its own and trains --network there")  # fmt: skip
+    levels, modes = args.concurrency, args.modes
 
     server = None
     state_dir = None
@@ -239,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         with httpx.Client(base_url=url, timeout=60) as client:
             first = client.post(f"/models/{model_id}/predict", content=body,
                                 headers={"content-type": content_type})  # fmt: skip
-            first.raise_for_status()
+            if first.status_code != 200:  # an unknown model, a job that did not succeed, ...
+                raise SystemExit(
+                    f"POST {url}/models/{model_id}/predict -> {first.status_code}: {first.text}"
+                )
             info = client.get(f"/models/{model_id}").json()
             stats_before = client.get(f"/v2/models/{model_id}/stats").json()
         print(
@@ -303,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         latencies = [lv.percentile(0.5) for lv in results.values() if lv.latencies]
         if latencies:
             print(f"median of p50s: {_fmt_ms(statistics.median(latencies))} ms")
+    except httpx.TransportError as exc:  # nothing listens at --url, say
+        raise SystemExit(f"{url}: {exc}") from None
     finally:
         if server is not None:
             server.stop()

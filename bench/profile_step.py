@@ -39,6 +39,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
+from arguments import positive_int, torch_device  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from train_loop import sync_device  # noqa: E402
 
@@ -144,11 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="vgg,alexnet")
     parser.add_argument("--variants", default="service", help=f"comma list of {','.join(VARIANTS)}")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--steps", type=positive_int, default=10)
     parser.add_argument("--rows", type=int, default=15)
     parser.add_argument("--no-table", action="store_true", help="step times only, no profile")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     args = parser.parse_args(argv)
     keep_freed_memory()  # as a job's process does
     device = torch.device(args.device)

@@ -19,6 +19,8 @@ import time
 import urllib.error
 import urllib.request
 
+from arguments import positive_float, positive_int
+
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -32,22 +34,43 @@ def request(method: str, url: str, body: dict | None = None, timeout: float = 30
             return json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as e:
         raise SystemExit(f"{method} {url} -> {e.code}: {e.read().decode(errors='replace')}") from e
+    except urllib.error.URLError as e:  # nothing listens there, say
+        raise SystemExit(f"{method} {url}: {e.reason}") from None
+
+
+def json_object(text: str) -> dict:
+    """--body: a JSON object of job fields."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object of job fields, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--model", default="vgg")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=positive_int, default=10)
     parser.add_argument("--dataset", default=None, help="default: the service's (fashion-mnist)")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument("--lr", type=positive_float, default=None)
     parser.add_argument("--optimizer", default=None)
-    parser.add_argument("--devices", type=int, default=None)
-    parser.add_argument("--body", default=None, help="JSON job fields, applied over the flags")
-    parser.add_argument("--poll", type=float, default=0.2, help="seconds between GET /jobs/{id}")
-    parser.add_argument("--timeout", type=float, default=6 * 3600, help="give up after (s)")
-    parser.add_argument("--jobs", type=int, default=1, help="submit N copies at once (seeds 1..N)")
+    parser.add_argument("--devices", type=positive_int, default=None)
+    parser.add_argument(
+        "--body", type=json_object, default=None, help="JSON job fields, applied over the flags"
+    )
+    parser.add_argument(
+        "--poll", type=positive_float, default=0.2, help="seconds between GET /jobs/{id}"
+    )
+    parser.add_argument(
+        "--timeout", type=positive_float, default=6 * 3600, help="give up after (s)"
+    )
+    parser.add_argument(
+        "--jobs", type=positive_int, default=1, help="submit N copies at once (seeds 1..N)"
+    )
     args = parser.parse_args(argv)
 
     base = args.url.rstrip("/")
@@ -62,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             body[field] = value
     if args.body:
-        body.update(json.loads(args.body))
+        body.update(args.body)
 
     if args.jobs > 1:
         return queue_of_jobs(base, body, args)

@@ -44,6 +44,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 import torch  # noqa: E402
+from arguments import positive_float, positive_int, torch_device  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -334,24 +335,37 @@ def bench_concurrent(args, device: torch.device) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=None, help=f"comma list of {','.join(ALL_MODELS)}")
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=positive_int, default=1)
     parser.add_argument(
-        "--batch-size", type=int, default=None, help="default: 256 softmax/mlp/lenet, else 128"
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="default: 256 softmax/mlp/lenet, else 128",
     )
     parser.add_argument(
-        "--project-batch-size", type=int, default=None, help="project loop only; default: same"
+        "--project-batch-size",
+        type=positive_int,
+        default=None,
+        help="project loop only; default: same",
     )
-    parser.add_argument("--lr", type=float, default=None, help="default: each model's course lr")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--peak-tflops", type=float, default=None, help="default: H100/H200 989 (bf16), CPU n/a"
+        "--lr", type=positive_float, default=None, help="default: each model's course lr"
+    )
+    parser.add_argument(
+        "--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=positive_float,
+        default=None,
+        help="default: H100/H200 989 (bf16), CPU n/a",
     )
     parser.add_argument(
         "--dataset", default="fashion-mnist", choices=["fashion-mnist", "synthetic"]
     )
     parser.add_argument("--data-dir", type=Path, default=None, help="Fashion-MNIST IDX files")
-    parser.add_argument("--train-examples", type=int, default=None, help="default: all")
-    parser.add_argument("--test-examples", type=int, default=None, help="default: all")
+    parser.add_argument("--train-examples", type=positive_int, default=None, help="default: all")
+    parser.add_argument("--test-examples", type=positive_int, default=None, help="default: all")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -359,12 +373,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--quick-side",
-        type=int,
+        type=positive_int,
         default=None,
         help="input side of the 224-px nets (smaller: faster)",
     )
     parser.add_argument(
-        "--concurrent", type=int, default=0, help="run N LeNet trainings at once instead"
+        "--concurrent",
+        type=positive_int,
+        default=None,
+        help="run N LeNet trainings at once instead",
     )
     parser.add_argument(
         "--eager-too",

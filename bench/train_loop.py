@@ -33,6 +33,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
+from arguments import positive_float, positive_int, torch_device  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.data import Dataset as TorchDataset  # noqa: E402
@@ -204,14 +205,21 @@ def project_loop(args, n_examples: int, n_test: int, side: int, device) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="lenet", choices=models.list_models())
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=None, help="default: the model's course lr")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--side", type=int, default=None, help="default: the model's own")
+    parser.add_argument("--epochs", type=positive_int, default=1)
+    parser.add_argument("--batch-size", type=positive_int, default=256)
+    parser.add_argument(
+        "--lr", type=positive_float, default=None, help="default: the model's course lr"
+    )
+    parser.add_argument(
+        "--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    parser.add_argument("--side", type=positive_int, default=None, help="default: the model's own")
     parser.add_argument("--quick", action="store_true", help="10,000 examples, 2,000 test")
     parser.add_argument(
-        "--repeats", type=int, default=1, help="alternate the two loops N times; keep each's best"
+        "--repeats",
+        type=positive_int,
+        default=1,
+        help="alternate the two loops N times; keep each's best",
     )
     args = parser.parse_args(argv)
     # The course's num_workers=4 is kept on purpose even where fewer cores exist.
@@ -219,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     spec = models.get_spec(args.model)
     args.lr = spec.lr if args.lr is None else args.lr
     side = args.side or spec.input_side
+    try:
+        models.check_input_side(args.model, side)
+    except ValueError as exc:
+        parser.error(f"--side {side}: {exc}")
     device = torch.device(args.device)
 
     ds = load_dataset("fashion-mnist", None)
