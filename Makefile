@@ -9,7 +9,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install data serve worker migrate test test-fast lint format bench clean
+.PHONY: help install data compose-client serve worker migrate test test-fast lint format bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,16 @@ data: ## install Fashion-MNIST (Debian package) unless TRAINSERVE_DATA_DIR or th
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q dataset-fashion-mnist; \
 	fi
 
+# The compose-file test parses docker/docker-compose.yml with a Compose client (no engine
+# needed): Debian's docker-compose where neither `docker compose` nor `docker-compose` is here.
+compose-client:
+	@if docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; then \
+	  true; \
+	else \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q docker-compose; \
+	fi
+
 serve: install data ## run the service: API + local worker pool, SQLite in var/ (http://127.0.0.1:8000/docs)
 	$(VENV)/bin/trainserve serve
 
@@ -39,7 +49,7 @@ worker: install data ## run a standalone worker against TRAINSERVE_DATABASE_URL
 migrate: install ## upgrade the database schema
 	$(VENV)/bin/trainserve migrate
 
-test: install data ## run the whole test suite (SQLite and PostgreSQL at 127.0.0.1:5432)
+test: install data compose-client ## run the whole test suite (SQLite and PostgreSQL at 127.0.0.1:5432)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install data ## the suite without tests marked slow
