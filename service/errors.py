@@ -193,8 +193,14 @@ async def _database_unavailable(request: Request, exc: OperationalError) -> JSON
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
+    # Starlette re-raises the error once this is sent, and the server then drops the
+    # connection: say so, or a keep-alive client (tritonclient) fails its next request.
     return _error_response(
-        request, 500, "internal_error", "internal server error; see the server log"
+        request,
+        500,
+        "internal_error",
+        "internal server error; see the server log",
+        headers={"Connection": "close"},
     )
 
 
