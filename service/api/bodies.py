@@ -11,6 +11,7 @@ from contextlib import aclosing, suppress
 from typing import Any
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartParser
 
@@ -48,7 +49,10 @@ async def read_limited(request: Request, limit: int) -> bytes:
         )
     async with aclosing(limited_stream(request, limit)) as stream:
         body = b"".join([chunk async for chunk in stream])
-    return body if encoding is None else _decompressed(body, encoding, limit)
+    if encoding is None:
+        return body
+    # Inflating up to the limit (200 MiB for a dataset) takes long: off the event loop.
+    return await run_in_threadpool(_decompressed, body, encoding, limit)
 
 
 # Content-Encoding -> zlib's wbits: gzip's header and trailer; HTTP's "deflate" is zlib-wrapped
@@ -57,9 +61,21 @@ DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate
 
 
 def content_encoding(request: Request) -> str | None:
-    """The body's Content-Encoding in lowercase; None for none or ``identity``."""
-    value = request.headers.get("content-encoding", "").strip().lower()
-    return None if value in ("", "identity") else value
+    """The body's Content-Encoding in lowercase; None for none or ``identity``. Codings given
+    in several headers, or in one as a list, are one list (RFC 9110): more than one is refused
+    here rather than half decoded."""
+    return encoding_of(request.headers.getlist("content-encoding"))
+
+
+def encoding_of(values: list[str]) -> str | None:
+    """The one content coding ``values`` (the Content-Encoding headers) name, or None."""
+    codings = [c.strip().lower() for v in values for c in v.split(",")]
+    codings = [c for c in codings if c not in ("", "identity")]
+    if len(codings) > 1:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {', '.join(codings)}: more than one coding is not accepted"
+        )
+    return codings[0] if codings else None
 
 
 def refuse_encoded(request: Request) -> None:
@@ -76,7 +92,7 @@ def _decompressed(body: bytes, encoding: str, limit: int) -> bytes:
     1952: what ``gzip.decompress`` reads), nothing else after them."""
     parts: list[bytes] = []
     size, rest = 0, body
-    while True:
+    for _ in range(MAX_GZIP_MEMBERS):
         decoder = zlib.decompressobj(DECODERS[encoding])
         try:
             part = decoder.decompress(rest, limit + 1 - size)
@@ -93,11 +109,18 @@ def _decompressed(body: bytes, encoding: str, limit: int) -> bytes:
         if not rest:
             return b"".join(parts)
         if encoding == "deflate" or not rest.startswith(GZIP_MAGIC):
-            reason = f"{len(rest)} bytes follow the {encoding} data"
+            reason = (
+                f"{len(rest)} more byte{'s' if len(rest) > 1 else ''} after the {encoding} data"
+            )
             raise InvalidRequest.for_fields([("body", reason)])
+    reason = f"more than {MAX_GZIP_MEMBERS} gzip members; send one"
+    raise InvalidRequest.for_fields([("body", reason)])
 
 
 GZIP_MAGIC = b"\x1f\x8b"
+# Each member copies what follows it (zlib's unused_data): a million empty 20-byte members
+# took minutes. A client sends one (tritonclient, curl, gzip); a few concatenated files, more.
+MAX_GZIP_MEMBERS = 16
 
 
 async def read_form_limited(

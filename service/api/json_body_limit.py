@@ -14,7 +14,7 @@ from fastapi import Depends
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.bodies import require_json
+from service.api.bodies import encoding_of, require_json
 from service.api.params import decimal_int, query_names
 from service.errors import ApiError, PayloadTooLarge, UnsupportedMediaType, error_body
 from service.schemas import ErrorResponse
@@ -49,9 +49,14 @@ class JsonBodyLimit:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        encoding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
+        codings = [v.decode("latin-1") for k, v in scope["headers"] if k == b"content-encoding"]
         declared = decimal_int(headers.get(b"content-length", b"").decode("latin-1"))
-        if encoding not in ("", "identity"):  # FastAPI would parse the compressed bytes as JSON
+        try:
+            encoding = encoding_of(codings)
+        except UnsupportedMediaType as exc:
+            await _refusal(exc)(scope, receive, send)
+            return
+        if encoding is not None:  # FastAPI would parse the compressed bytes as JSON
             reason = (
                 f"Content-Encoding {encoding!r} is not accepted here; send the JSON uncompressed"
             )

@@ -119,6 +119,12 @@ def _resolve_points(body: SweepCreate, session: Any) -> list[TrainConfig]:
             problems.append((f"grid.{key}", "also given in base; give it in one place"))
         if not values:
             problems.append((f"grid.{key}", "needs at least one value"))
+        if any(isinstance(v, list | dict) for v in values):  # every job field is one value
+            problems.append(
+                (f"grid.{key}", "each value is a number, string, boolean or null, not a list "
+                 "or an object")
+            )  # fmt: skip
+            continue
         repeat = _first_repeat(values)
         if repeat is not None:
             problems.append(

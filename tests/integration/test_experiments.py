@@ -283,6 +283,10 @@ BAD_SWEEPS = [
       "grid": {"lr": [0.1 * i for i in range(1, 20)], "seed": list(range(20))}}, "grid"),
     ({"base": {"model": "softmax"}, "grid": {"priority": [1, 2]}}, "grid.priority"),
     ({"base": {"model": "softmax"}, "grid": {"weight_decay": [0, 1e-3, 0.0]}}, "grid.weight_decay"),
+    # every job field is one value: a list or object (500 deep made _hashable recurse) is not
+    ({"base": {"model": "softmax"}, "grid": {"lr": [[0.1], 0.2]}}, "grid.lr"),
+    ({"base": {"model": "softmax"}, "grid": {"lr": [json.loads("[" * 500 + "]" * 500)]}},
+     "grid.lr"),
     # null is the model's default side, 28: both points would train the same job
     ({"base": {"model": "softmax"}, "grid": {"resize": [None, 28]}}, "grid.resize"),
     # synthetic has 2,000 training examples: 2,000 or more is all of them, as null is

@@ -9,8 +9,8 @@ import zlib
 
 import pytest
 
-from service.api.bodies import REPEATED, _decompressed, parse_json
-from service.errors import InvalidRequest, PayloadTooLarge
+from service.api.bodies import REPEATED, _decompressed, encoding_of, parse_json
+from service.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 
 def repeated_fields(body: bytes) -> list[str]:
@@ -53,7 +53,7 @@ def test_compressed_bodies_are_inflated_within_the_limit() -> None:
     assert _decompressed(gzip.compress(a) + gzip.compress(b), "gzip", 100) == a + b
     assert _decompressed(zlib.compress(a + b), "deflate", 100) == a + b
     for encoding, packed in (("gzip", gzip.compress(a)), ("deflate", zlib.compress(a))):
-        with pytest.raises(InvalidRequest, match="follow"):
+        with pytest.raises(InvalidRequest, match="more bytes after the"):
             _decompressed(packed + b"junk", encoding, 100)
         with pytest.raises(InvalidRequest, match="cut short"):
             _decompressed(packed[:-6], encoding, 100)
@@ -65,3 +65,16 @@ def test_compressed_bodies_are_inflated_within_the_limit() -> None:
     with pytest.raises(PayloadTooLarge):  # the limit counts every member
         _decompressed(gzip.compress(bytes(600)) * 2, "gzip", 1_000)
     assert len(_decompressed(gzip.compress(bytes(500)) * 2, "gzip", 1_000)) == 1_000
+    # Members one after another, each copying what follows it: a bounded number of them.
+    assert _decompressed(gzip.compress(b"") * 15 + gzip.compress(a), "gzip", 100) == a
+    many = gzip.compress(b"", mtime=0) * 1_000_000
+    with pytest.raises(InvalidRequest, match="more than 16 gzip members"):
+        _decompressed(many, "gzip", 100)
+
+
+def test_more_than_one_content_coding_is_refused() -> None:
+    assert encoding_of([]) is None and encoding_of(["identity"]) is None
+    assert encoding_of(["GZIP "]) == "gzip" and encoding_of(["identity, gzip"]) == "gzip"
+    for values in (["gzip", "br"], ["gzip, br"], ["gzip", "gzip"]):
+        with pytest.raises(UnsupportedMediaType, match="more than one coding"):
+            encoding_of(values)
