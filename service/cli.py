@@ -22,6 +22,7 @@ from service.config import (
     unknown_variables,
 )
 from service.db import check_database
+from service.deployment import check_artifact_owner
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
     devices = default_worker_devices(settings.workers, settings.slots_per_gpu)
     check_writable(settings, artifacts=bool(devices))
     migrate(settings)
+    check_artifact_owner(settings)
     pool = WorkerPool(settings, devices)
     pool.start()
     try:
@@ -92,6 +94,7 @@ def _worker(args: argparse.Namespace) -> int:
         migrate(settings)
     else:
         _check_schema(settings)
+    check_artifact_owner(settings)
     worker = Worker(settings, device=device, name=args.name)
     worker.install_signal_handlers()
     if args.parent_pid:

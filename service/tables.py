@@ -168,3 +168,13 @@ class StoredDataset(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.current_timestamp()
     )
+
+
+class Deployment(Base):
+    """One row: this database's id, drawn when it was created. Its artifact directory is
+    stamped with it (service/deployment.py), so that a second database cannot take the
+    directory over: model files are named by job id, and each database numbers from 1."""
+
+    __tablename__ = "deployment"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex
