@@ -47,7 +47,7 @@ class Worker:
             if self.stopping.is_set():
                 log.warning("worker %s: second signal, exiting now", self.name)
                 os._exit(128 + signum)
-            log.info("worker %s: stopping after the current job is requeued", self.name)
+            log.info("worker %s: stopping (a running job is requeued first)", self.name)
             self.stopping.set()
 
         signal.signal(signal.SIGTERM, handle)
