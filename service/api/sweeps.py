@@ -119,16 +119,18 @@ def _resolve_points(body: SweepCreate, session: Any) -> list[TrainConfig]:
             problems.append((f"grid.{key}", "also given in base; give it in one place"))
         if not values:
             problems.append((f"grid.{key}", "needs at least one value"))
-        if any(isinstance(v, list | dict) for v in values):  # every job field is one value
+        # Every job field is one value; a list or an object (500 deep, it made _hashable
+        # recurse past Python's limit) is refused, and not compared.
+        scalars = [v for v in values if not isinstance(v, list | dict)]
+        if len(scalars) < len(values):
             problems.append(
                 (f"grid.{key}", "each value is a number, string, boolean or null, not a list "
                  "or an object")
             )  # fmt: skip
-            continue
-        repeat = _first_repeat(values)
+        repeat = _first_repeat(scalars)
         if repeat is not None:
             problems.append(
-                (f"grid.{key}", f"{values[repeat]!r} is given twice (points would repeat)")
+                (f"grid.{key}", f"{scalars[repeat]!r} is given twice (points would repeat)")
             )
         if key == "priority":
             problems.append(("grid.priority", "a sweep's jobs share the base's priority"))

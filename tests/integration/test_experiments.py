@@ -338,11 +338,16 @@ def test_huge_grids_are_refused_from_their_lengths_alone(api_only: httpx.Client)
         assert response.json()["error"]["fields"] == [
             {"field": "grid", "reason": f"{shown} points; at most {MAX_SWEEP_POINTS}"}
         ]
-    # A repeated value is still found, and named as before (1 and 1.0 are one value).
+    # A repeated value is still found, and named as before (1 and 1.0 are one value); a list
+    # is no job field's value.
     repeated = {"base": {"model": "softmax"}, "grid": {"lr": [0.5, 1, [1], 1.0]}}
     error = api_only.post("/sweeps", json=repeated).json()["error"]
     assert error["fields"] == [
-        {"field": "grid.lr", "reason": "1.0 is given twice (points would repeat)"}
+        {
+            "field": "grid.lr",
+            "reason": "each value is a number, string, boolean or null, not a list or an object",
+        },
+        {"field": "grid.lr", "reason": "1.0 is given twice (points would repeat)"},
     ]
     assert api_only.get("/sweeps").json()["count"] == 0
 
