@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import socket
 import tempfile
@@ -206,9 +207,16 @@ def check_writable(settings: Settings, *, artifacts: bool) -> None:
         url = make_url(settings.resolved_database_url)
     except ArgumentError:  # not a URL: check_database says so
         url = None
-    if url and url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+    if url and url.get_backend_name() == "sqlite" and not url.query.get("uri"):
         source = "TRAINSERVE_DATABASE_URL" if settings.database_url else "TRAINSERVE_STATE_DIR"
-        places.append((Path(url.database).resolve().parent, source))
+        if not url.database or url.database == ":memory:":
+            # Each process would have a database of its own: the API's jobs, no worker's.
+            raise SettingError(f"{source}: an in-memory SQLite database cannot be shared by the "
+                               "API and its workers; give a file")  # fmt: skip
+        database = Path(url.database).resolve()
+        if database.exists() and not os.access(database, os.W_OK):
+            raise SettingError(f"{source}: cannot write to {database}")
+        places.append((database.parent, source))
     if artifacts:
         source = "TRAINSERVE_ARTIFACT_DIR" if settings.artifact_dir else "TRAINSERVE_STATE_DIR"
         places.append((settings.resolved_artifact_dir, source))

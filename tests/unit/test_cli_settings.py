@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from service import config
 from service.cli import main
 from service.config import (
     SettingError,
@@ -210,3 +211,20 @@ def test_an_unknown_option_before_the_command_is_named(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("trainserve ")
+
+
+def test_an_in_memory_or_read_only_sqlite_database_stops_the_command(
+    fresh_settings: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An in-memory database would be one per process (the API's jobs, no worker's); a file
+    it cannot write would answer every write with 503 (root may write any file: os.access is
+    what a non-root user gets)."""
+    with pytest.raises(SettingError, match="in-memory SQLite database cannot be shared"):
+        check_writable(Settings(database_url="sqlite://"), artifacts=False)
+    database = fresh_settings / "read-only.db"
+    database.write_bytes(b"")
+    settings = Settings(database_url=f"sqlite:///{database}")
+    check_writable(settings, artifacts=False)
+    monkeypatch.setattr(config.os, "access", lambda path, mode: Path(path) != database)
+    with pytest.raises(SettingError, match=f"TRAINSERVE_DATABASE_URL: cannot write to {database}"):
+        check_writable(settings, artifacts=False)
