@@ -92,14 +92,14 @@ def _start_level(losses: list[float]) -> float:
 
 def _wide_slopes(lrs: list[float], losses: list[float], lo: int, hi: int, floor: int) -> np.ndarray:
     """The slope of the smoothed loss against ln(lr) at each point of [lo, hi), measured across
-    SLOPE_SPAN_DECADES of lr (clipped to [floor, hi]), not between neighbouring points."""
+    SLOPE_SPAN_DECADES of lr (clipped to [floor, hi - 1]), not between neighbouring points."""
     log_lr = np.log(np.asarray(lrs, dtype=float))
     per_decade = (len(lrs) - 1) / max(math.log10(lrs[-1] / lrs[0]), 1e-12)
     half = max(1, round(SLOPE_SPAN_DECADES * per_decade / 2))
     y = np.asarray(losses, dtype=float)
     slopes = []
     for i in range(lo, hi):
-        a, b = max(i - half, floor), min(i + half, hi)
+        a, b = max(i - half, floor), min(i + half, hi - 1)
         slopes.append((y[b] - y[a]) / (log_lr[b] - log_lr[a]))
     return np.asarray(slopes)
 

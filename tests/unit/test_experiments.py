@@ -249,6 +249,16 @@ def test_the_suggestion_is_below_the_min_loss_lr() -> None:
     assert rule == "steepest descent of the smoothed loss"
 
 
+def test_a_minimum_at_the_last_point_is_searched_up_to_it() -> None:
+    # A range test that never diverged: the loss falls to the end (the slope's span must stop
+    # at the minimum, the last point, not one past it).
+    lrs = lr_schedule(1e-6, 10.0, 200).tolist()
+    losses = [2.3] * 60 + [2.3 - 0.013 * i for i in range(140)]
+    suggested, rule, min_loss_lr = suggest(lrs, losses)
+    assert min_loss_lr == lrs[-1] and suggested < min_loss_lr
+    assert rule == "steepest descent of the smoothed loss"
+
+
 @pytest.mark.parametrize(
     "losses",
     [
