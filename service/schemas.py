@@ -94,26 +94,15 @@ FASHION_MNIST_TEST = 10_000
 
 
 @lru_cache(maxsize=len(KNOWN_DATASETS))
-def builtin_train_examples(name: str) -> int | None:
-    """The size of a built-in dataset's training set; None for anything else."""
+def builtin_sizes(name: str) -> tuple[int, int] | None:
+    """(training, test) set sizes of a built-in dataset; None for anything else."""
     if name == "fashion-mnist":
-        return FASHION_MNIST_TRAIN
+        return FASHION_MNIST_TRAIN, FASHION_MNIST_TEST
     if name == "synthetic":
-        return SYNTHETIC_TRAIN
+        return SYNTHETIC_TRAIN, SYNTHETIC_TEST
     if name in REGRESSION_DATASETS:
-        return len(load_tabular(name).train_y)  # generated, small and cached
-    return None
-
-
-@lru_cache(maxsize=len(KNOWN_DATASETS))
-def builtin_test_examples(name: str) -> int | None:
-    """The size of a built-in dataset's test set; None for anything else."""
-    if name == "fashion-mnist":
-        return FASHION_MNIST_TEST
-    if name == "synthetic":
-        return SYNTHETIC_TEST
-    if name in REGRESSION_DATASETS:
-        return len(load_tabular(name).test_y)
+        table = load_tabular(name)  # generated, small and cached
+        return len(table.train_y), len(table.test_y)
     return None
 
 
@@ -341,7 +330,8 @@ class JobCreate(BaseModel):
         training-set size; the caller looks it up, so this stays free of SQL.
         """
         spec = models.get_spec(self.model)
-        problems = self._combination_problems(spec, stored)
+        train_size, test_size = self._set_sizes(stored)
+        problems = self._combination_problems(spec, stored, train_size)
         dropout = spec.dropout if self.dropout is None else self.dropout
         if dropout > 0 and not spec.has_dropout:
             problems.append(("dropout", f"model {self.model!r} has no dropout layers; use 0"))
@@ -355,14 +345,8 @@ class JobCreate(BaseModel):
         # As many as the set has, or more, is the whole set: stored as null (all), so that the
         # job shows what it trains (and is tested) on, and a sweep sees 2,000 and null on
         # synthetic as one job.
-        train_examples = _all_as_null(
-            self.train_examples,
-            builtin_train_examples(self.dataset) or (stored.train_examples if stored else None),
-        )
-        test_examples = _all_as_null(
-            self.test_examples,
-            builtin_test_examples(self.dataset) or (stored.test_examples if stored else None),
-        )
+        train_examples = _all_as_null(self.train_examples, train_size)
+        test_examples = _all_as_null(self.test_examples, test_size)
         config = TrainConfig(
             model=self.model,
             dataset=self.dataset,
@@ -399,19 +383,27 @@ class JobCreate(BaseModel):
             problems.append(("lr_max", f"must be above lr_min ({config.lr_min:g})"))
         return config, problems
 
+    def _set_sizes(self, stored: UploadedDataset | None) -> tuple[int | None, int | None]:
+        """(training, test) set sizes of the dataset the job names; None where unknown."""
+        builtin = builtin_sizes(self.dataset)
+        if builtin is not None:
+            return builtin
+        if stored is not None:
+            return stored.train_examples, stored.test_examples
+        return None, None
+
     def _combination_problems(
-        self, spec: models.ModelSpec, stored: UploadedDataset | None
+        self, spec: models.ModelSpec, stored: UploadedDataset | None, train_size: int | None
     ) -> list[tuple[str, str]]:
         """Knobs that only mean something for some models, kinds or datasets."""
         problems: list[tuple[str, str]] = []
         given = self.model_fields_set
         data_kind: str | None = builtin_dataset_kind(self.dataset)
-        train_size = builtin_train_examples(self.dataset)
         if data_kind is None:
             if stored is None:
                 problems.append(("dataset", f"no uploaded dataset has the id {self.dataset!r}"))
             else:
-                data_kind, train_size = stored.kind, stored.train_examples
+                data_kind = stored.kind
         if spec.task == "regression":
             if data_kind == "image":
                 problems.append(

@@ -16,7 +16,7 @@ from service.api.catalog import catalog
 from service.api.sweeps import _resolve_points
 from service.datasets_store import StoredFacts
 from service.errors import InvalidRequest
-from service.schemas import JobCreate, SweepCreate, builtin_train_examples, default_lr
+from service.schemas import JobCreate, SweepCreate, builtin_sizes, default_lr
 from service.training.batching import EmptyEpochError, plan_epoch
 from service.training.config import MOMENTUM
 from service.training.data import SYNTHETIC_TRAIN, split_indices
@@ -73,7 +73,7 @@ SIZE_CASES = [
 def test_drop_is_refused_exactly_where_training_would_have_no_batch(
     body: dict[str, Any], n: int, largest: int
 ) -> None:
-    assert builtin_train_examples(body["dataset"]) == n
+    assert builtin_sizes(body["dataset"])[0] == n
     sets = training_sets(body, n, seed=12345)
     assert drop_plans(sets, largest) and not drop_plans(sets, largest + 1)
     drop = {**body, "last_batch": "drop"}
@@ -115,7 +115,7 @@ def test_uploaded_datasets_are_checked_against_their_stored_size() -> None:
 
 
 def test_fashion_mnist_is_the_standard_sixty_thousand() -> None:
-    assert builtin_train_examples("fashion-mnist") == 60_000
+    assert builtin_sizes("fashion-mnist") == (60_000, 10_000)
     body = {"model": "mlp", "kind": "kfold", "k": 10, "last_batch": "drop", "batch_size": 4096}
     assert problems(body) == []
 
