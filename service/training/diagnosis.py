@@ -257,6 +257,8 @@ def diagnose(
     if accs_train and accs_val:
         acc_gap = accs_train[-1] - accs_val[-1]
         figures |= {"train_acc": accs_train[-1], "val_acc": accs_val[-1], "acc_gap": acc_gap}
+    loss_gap_wide = ratio > GAP_RATIO_OVERFIT and gap > 0
+    acc_gap_wide = acc_gap is not None and acc_gap > ACC_GAP_OVERFIT
     if num_classes and num_classes >= 2:
         uniform = math.log(num_classes)
         figures |= {
@@ -295,9 +297,7 @@ def diagnose(
     )
     if no_fit:
         reasons = no_fit + val_chance + still_falling
-        if (acc_gap is not None and acc_gap > ACC_GAP_OVERFIT) or (
-            ratio > GAP_RATIO_OVERFIT and gap > 0
-        ):
+        if acc_gap_wide or loss_gap_wide:
             reasons.append(
                 "so the gap between training and validation is no overfitting: there is no fit "
                 "of the training data to fail to generalise"
@@ -309,13 +309,13 @@ def diagnose(
         }
 
     overfit_reasons = []
-    if ratio > GAP_RATIO_OVERFIT and gap > 0:
+    if loss_gap_wide:
         overfit_reasons.append(
             f"validation loss {last_val:.4g} is {ratio:.2f}x the training loss {last_train:.4g}"
         )
     # The accuracies must agree with the losses: a validation loss below the training loss (the
     # mean over the epoch's moving weights) says the model generalises, whatever the argmax.
-    if acc_gap is not None and acc_gap > ACC_GAP_OVERFIT and gap >= 0:
+    if acc_gap_wide and gap >= 0:
         overfit_reasons.append(
             f"training accuracy is {100 * acc_gap:.1f} points above validation accuracy "
             f"(and validation loss {last_val:.4g} is not below the training loss "
