@@ -44,6 +44,7 @@ from service.training.regression import load_tabular
 
 OptimizerName = Literal["sgd", "momentum", "adam"]
 LrScheduleName = Literal["constant", "cosine", "onecycle"]
+AugmentName = Literal["none", "flip", "flip_crop"]
 JobKindName = Literal["train", "lr_find", "kfold"]
 DatasetKindName = Literal["image", "regression"]
 ALL_MODELS = models.list_models() + models.list_regression_models()
@@ -256,6 +257,12 @@ class JobCreate(BaseModel):
         "run | onecycle: up from lr/25 to lr over the first 30% of the steps, then down to "
         "lr/250000 (torch's OneCycleLR shape, no momentum cycling). lr is the peak",
     )
+    augment: AugmentName = Field(
+        default="none",
+        description="Random changes to each training image (image classifiers): none | flip: "
+        "mirrored left-right with probability 1/2 | flip_crop: that, then shifted by up to 2 "
+        "pixels each way (RandomCrop(28, padding=2)). Validation and test images are not changed",
+    )
     seed: int | None = Field(
         default=None, ge=0, le=2**31 - 1, description="Random seed; default: drawn and stored"
     )
@@ -357,6 +364,7 @@ class JobCreate(BaseModel):
             lr=self.lr if self.lr is not None else default_lr(self.model, self.optimizer),
             optimizer=self.optimizer,
             lr_schedule=self.lr_schedule,
+            augment=self.augment,
             seed=self.seed if self.seed is not None else random.randrange(2**31),
             resize=self.resize,
             val_fraction=self.val_fraction,
@@ -412,6 +420,8 @@ class JobCreate(BaseModel):
                 )  # fmt: skip
             if self.resize is not None:
                 problems.append(("resize", f"model {self.model!r} takes features, not images"))
+            if self.augment != "none":
+                problems.append(("augment", f"model {self.model!r} takes features, not images"))
         else:
             if data_kind == "regression":
                 problems.append(
@@ -523,6 +533,7 @@ class JobPublic(BaseModel):
     lr: float
     optimizer: str
     lr_schedule: str
+    augment: str
     seed: int
     resize: int | None
     input_side: int | None  # None for linear (feature vectors, no images)

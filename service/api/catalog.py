@@ -8,7 +8,7 @@ from fastapi import APIRouter
 import models
 from service.api.params import query_names
 from service.schemas import default_lr
-from service.training.config import LR_SCHEDULES, OPTIMIZERS
+from service.training.config import AUGMENTS, LR_SCHEDULES, OPTIMIZERS
 from service.training.data import KNOWN_DATASETS
 
 router = APIRouter(tags=["catalog"])
@@ -43,4 +43,5 @@ def catalog() -> dict[str, object]:
         "datasets": list(KNOWN_DATASETS),  # and uploads: GET /datasets
         "optimizers": list(OPTIMIZERS),
         "lr_schedules": list(LR_SCHEDULES),
+        "augments": list(AUGMENTS),
     }

@@ -16,6 +16,7 @@ LAST_BATCH_POLICIES: tuple[str, ...] = ("keep", "drop", "pad")
 LOSS_REDUCTIONS: tuple[str, ...] = ("mean", "sum")
 INITS: tuple[str, ...] = ("xavier", "normal", "default")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "onecycle")  # see training/schedule.py
+AUGMENTS: tuple[str, ...] = ("none", "flip", "flip_crop")  # see training/augment.py
 
 DEFAULT_INIT_STD = 0.01  # `init: normal` draws N(0, 0.01^2), the course's scratch implementations
 DEFAULT_K = 5
@@ -41,6 +42,7 @@ class TrainConfig:
     lr: float = 0.1  # learning rate
     optimizer: str = "sgd"
     lr_schedule: str = "constant"  # constant | cosine | onecycle: the lr of each step
+    augment: str = "none"  # none | flip | flip_crop: random changes to training images
     seed: int = 0
     resize: int | None = None  # input side in pixels; None = the model's own
     val_fraction: float = 0.1  # share of the training set held out for per-epoch curves

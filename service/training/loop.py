@@ -26,6 +26,7 @@ from torch import nn
 import models
 from models.dropout import dropouts_drawn_by_rand
 from models.pooling import avg_pools_as_convs
+from service.training.augment import augment_batch
 from service.training.autotune import FullBatchAutotunedSteps
 from service.training.checkpoint_writer import CheckpointWriter
 from service.training.compiled import full_batches_compiled, worth_compiling
@@ -348,7 +349,7 @@ def prepare_classifier(
         forward = full_batches_compiled(model, config.batch_size)
 
     def objective(idx: torch.Tensor) -> StepOutput:
-        x, y = runner.inputs(train_x[idx]), train_y[idx]
+        x, y = runner.inputs(augment_batch(train_x[idx], config.augment)), train_y[idx]
         with runner.autocast():
             logits = forward(x)
             loss = F.cross_entropy(logits, y, reduction=config.loss_reduction)
@@ -382,6 +383,7 @@ def train(
     checkpoint_path: Path | None = None,
     shard: Shard | None = None,
     save_checkpoint_fn: SaveCheckpoint | None = None,
+    checkpoint_last_epoch: bool = True,
 ) -> TrainResult:
     """Train ``config.model`` on ``config.dataset``; see the module docstring.
 
@@ -407,6 +409,7 @@ def train(
         checkpoint_path=checkpoint_path,
         shard=shard,
         save_checkpoint_fn=save_checkpoint_fn,
+        checkpoint_last_epoch=checkpoint_last_epoch,
     )
 
 
@@ -428,11 +431,17 @@ def fit(
     checkpoint_path: Path | None = None,
     shard: Shard | None = None,
     save_checkpoint_fn: SaveCheckpoint | None = None,
+    checkpoint_last_epoch: bool = True,
 ) -> TrainResult:
     """Train a fresh network on ``splits`` for ``config.epochs``; the test split (which may be
     empty) is evaluated once at the end. With a shard, this is one rank of a data-parallel run:
     only rank 0 reports epochs and writes checkpoints, with ``save_checkpoint_fn`` (default
-    ``save_checkpoint``; the worker's also shares the file with other machines)."""
+    ``save_checkpoint``; the worker's also shares the file with other machines).
+
+    ``checkpoint_last_epoch=False`` skips the last epoch's checkpoint, for a caller that deletes
+    the checkpoint once the run is recorded (the worker): it would be written only to be thrown
+    away, and the run would wait for it (VGG's is 170 MB). A crash before the run is recorded
+    then resumes from the epoch before and trains the last one again."""
     _check(config)
     device = torch.device(device)
     train_x = splits.train_images.to(device)
@@ -498,7 +507,7 @@ def fit(
             # overwrites its row (idempotent), where the other order would skip the row for good.
             if lead:
                 on_epoch(metrics)
-            if writer is not None:
+            if writer is not None and (checkpoint_last_epoch or epoch < config.epochs):
                 writer.submit(
                     _checkpoint_state(
                         config, epoch, model, run.optimizer, run.generator, history, runner

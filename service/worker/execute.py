@@ -175,6 +175,7 @@ def execute_job(
                     on_epoch=on_epoch,
                     checkpoint_path=ckpt,
                     save_checkpoint_fn=save_and_share,
+                    checkpoint_last_epoch=False,  # finish() deletes it
                     **common,
                 )
             final = trained.metrics()

@@ -49,6 +49,8 @@ BAD_JOBS = [
     ({"model": "lenet", "train_examples": 2**63}, "train_examples"),
     ({"model": "lenet", "learning_rate": 0.1}, "learning_rate"),  # unknown field
     ({"model": "lenet", "lr_schedule": "step"}, "lr_schedule"),
+    ({"model": "lenet", "augment": "rotate"}, "augment"),
+    ({"model": "linear", "dataset": "linreg-synthetic", "augment": "flip"}, "augment"),
     ({"model": "lenet", "kind": "lr_find", "lr_schedule": "cosine"}, "lr_schedule"),
     # Fields a kind has no use for (they would be stored and shown, and change nothing)
     ({"model": "mlp", "kind": "lr_find", "epochs": 50}, "epochs"),

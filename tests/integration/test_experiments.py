@@ -31,7 +31,7 @@ def test_each_kind_runs_and_reports(database_url: str, start_server) -> None:
                    "lr": 0.1, "batch_size": 10, "epochs": 3},
         "lenet": {"model": "lenet", **QUICK, "activation": "relu", "pooling": "max",
                   "init": "normal", "last_batch": "pad", "lr": 0.1, "epochs": 2,
-                  "lr_schedule": "onecycle"},
+                  "lr_schedule": "onecycle", "augment": "flip_crop"},
         "lr_find": {"model": "softmax", **TRAIN_ONLY, "kind": "lr_find", "steps": 40},
         "kfold": {"model": "softmax", **TRAIN_ONLY, "kind": "kfold", "k": 2, "epochs": 1,
                   "lr_schedule": "cosine"},
@@ -45,6 +45,7 @@ def test_each_kind_runs_and_reports(database_url: str, start_server) -> None:
     assert submitted["lenet"]["activation"] == "relu" and submitted["lenet"]["k"] is None
     assert submitted["lr_find"]["steps"] == 40 and submitted["lr_find"]["lr_min"] == 1e-6
     assert submitted["kfold"]["k"] == 2 and submitted["kfold"]["kind"] == "kfold"
+    assert submitted["lenet"]["augment"] == "flip_crop" and submitted["kfold"]["augment"] == "none"
     assert [submitted[n]["lr_schedule"] for n in ("lenet", "kfold", "lr_find")] == [
         "onecycle", "cosine", "constant"
     ]  # fmt: skip
@@ -90,6 +91,7 @@ def test_each_kind_runs_and_reports(database_url: str, start_server) -> None:
     catalog = client.get("/catalog").json()
     assert catalog["optimizers"] == ["sgd", "momentum", "adam"]
     assert catalog["lr_schedules"] == ["constant", "cosine", "onecycle"]
+    assert catalog["augments"] == ["none", "flip", "flip_crop"]
     tasks = {m["name"]: m["task"] for m in catalog["models"]}
     assert tasks["linear"] == "regression" and tasks["lenet"] == "classification"
 

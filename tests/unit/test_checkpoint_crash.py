@@ -43,3 +43,26 @@ def test_previous_checkpoint_survives_a_crash_before_rename(tmp_path: Path) -> N
         e.train_loss for e in uninterrupted.epochs
     ][-2:]
     assert result.test_acc == uninterrupted.test_acc
+
+
+def test_a_run_whose_checkpoint_is_thrown_away_skips_the_last_one(tmp_path: Path) -> None:
+    # The worker deletes a finished job's checkpoint: writing the last epoch's would only delay
+    # the job. A crash after the last epoch resumes from the one before and trains it again.
+    config = TrainConfig(**CONFIG)
+    checkpoint = tmp_path / "checkpoint.pt"
+    whole = train(config, checkpoint_path=checkpoint, checkpoint_last_epoch=False)
+    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"] == 2
+
+    reported: list[int] = []
+    again = train(
+        config,
+        checkpoint_path=checkpoint,
+        on_epoch=lambda m: reported.append(m.epoch),
+        checkpoint_last_epoch=False,
+    )
+    assert reported == [3]
+    assert [m.epoch for m in again.epochs] == [1, 2, 3]
+    assert again.epochs[-1].train_loss == whole.epochs[-1].train_loss  # the same epoch 3
+
+    train(config, checkpoint_path=checkpoint)  # by default the last epoch is kept too
+    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"] == 3

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from service.training import data
+from service.training.augment import augment_batch
 from service.training.config import TrainConfig
 from service.training.graphed import ENV_SWITCH, WARMUP_STEPS, GraphedSteps, cuda_graphs_enabled
 from service.training.loop import prepare_classifier, train
@@ -133,3 +134,32 @@ def test_dropout_draws_new_masks_on_each_replay(monkeypatch: pytest.MonkeyPatch)
         graph.replay()
         masks.append(out.clone())
     assert not torch.equal(masks[0], masks[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(no_cuda, reason="needs a CUDA device")
+def test_augmentation_draws_anew_on_each_replay(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As dropout above: a graphed run with flips and shifts learns, and two replays of the
+    # captured augmentation change the same batch differently.
+    monkeypatch.setenv(ENV_SWITCH, "1")
+    result = train(
+        synthetic("mlp", augment="flip_crop", batch_size=32, lr=0.1, train_examples=600,
+                  epochs=3),
+        device="cuda",
+    )  # fmt: skip
+    assert result.epochs[-1].train_loss < result.epochs[0].train_loss
+    assert result.test_acc > 0.3
+
+    device = torch.device("cuda")
+    static = torch.randint(1, 256, (256, 28, 28), dtype=torch.uint8, device=device)
+    out = torch.empty_like(static)
+    augment_batch(static, "flip_crop")  # kernels loaded before capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out.copy_(augment_batch(static, "flip_crop"))
+    batches = []
+    for _ in range(2):
+        graph.replay()
+        batches.append(out.clone())
+    assert not torch.equal(batches[0], batches[1])
+    assert not torch.equal(batches[0], static)

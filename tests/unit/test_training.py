@@ -306,8 +306,12 @@ def test_lenet_trains_in_plain_fp32_on_a_gpu(model: str, side: int, plain_fp32: 
 @pytest.mark.parametrize(("model", "resize"), [("mlp", None), ("lenet", None), ("lenet", 96)])
 def test_trains_on_cuda(model: str, resize: int | None, tmp_path: Path) -> None:
     # The MLP in bf16, LeNet at 28 px in fp32 NCHW, LeNet at 96 px in bf16 channels_last (as the
-    # 224-px nets); the result comes back on the CPU.
-    config = synthetic(model, lr=0.003, optimizer="adam", batch_size=16, dropout=0.0, resize=resize)
+    # 224-px nets); the result comes back on the CPU. At 96 px the course's sigmoid LeNet does not
+    # learn in 2 epochs on the CPU either (test_acc 0.1 for seeds 0-2): ReLU and max pooling do.
+    modern = {"activation": "relu", "pooling": "max"} if resize else {}
+    config = synthetic(
+        model, lr=0.003, optimizer="adam", batch_size=16, dropout=0.0, resize=resize, **modern
+    )
     checkpoint = tmp_path / "checkpoint.pt"
     first = train(dataclasses.replace(config, epochs=1), device="cuda", checkpoint_path=checkpoint)
     assert len(first.epochs) == 1
