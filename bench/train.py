@@ -183,11 +183,12 @@ def bench_models(args, device: torch.device, peak_tflops: float | None) -> list[
         ref_batch = args.batch_size or default_batch
         proj_batch = args.project_batch_size or ref_batch
         lr = args.lr if args.lr is not None else spec.lr
+        proj_lr = lr * args.project_lr_scale
         dropout = spec.dropout
         flops = flops_per_example(name, side, dropout)
         ref = run_reference(name, data, side, ref_batch, lr, dropout, args.epochs, device)
         project_args = (
-            name, n, n_test, side, proj_batch, lr, dropout, args.epochs, device,
+            name, n, n_test, side, proj_batch, proj_lr, dropout, args.epochs, device,
             args.data_dir, args.dataset,
         )  # fmt: skip
         proj = in_job_process(run_project, *project_args)
@@ -201,6 +202,7 @@ def bench_models(args, device: torch.device, peak_tflops: float | None) -> list[
             "ref_batch": ref_batch,
             "project_batch": proj_batch,
             "lr": lr,
+            "project_lr": proj_lr,
             "mflop_per_example": flops / 1e6,
             "reference": ref,
             "project": proj,
@@ -211,7 +213,8 @@ def bench_models(args, device: torch.device, peak_tflops: float | None) -> list[
         }
         rows.append(row)
         print(
-            f"{name:8} side {side:3} batch {ref_batch}/{proj_batch}: reference "
+            f"{name:8} side {side:3} batch {ref_batch}/{proj_batch} lr {lr:g}/{proj_lr:g}: "
+            "reference "
             f"{ref['ex_per_s']:,.0f} ex/s (acc {ref['test_acc']:.3f}, MFU {row['mfu_reference']}, "
             f"peak {_fmt_mem(ref['peak_bytes'])}) | project {proj['ex_per_s']:,.0f} ex/s "
             f"(acc {proj['test_acc']:.3f}, MFU {row['mfu_project']}, peak "
@@ -228,15 +231,16 @@ def bench_models(args, device: torch.device, peak_tflops: float | None) -> list[
             torch.cuda.empty_cache()
     print()
     print(
-        "| model | side | batch ref/proj | MFLOP/ex (fwd+bwd) | reference ex/s | project ex/s "
-        "| project/reference | MFU ref | MFU proj | peak mem ref | peak mem proj "
+        "| model | side | batch ref/proj | lr ref/proj | MFLOP/ex (fwd+bwd) | reference ex/s "
+        "| project ex/s | project/reference | MFU ref | MFU proj | peak mem ref | peak mem proj "
         "| test acc ref | test acc proj |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         ref, proj = r["reference"], r["project"]
         print(
             f"| {r['model']} | {r['side']} | {r['ref_batch']}/{r['project_batch']} "
+            f"| {r['lr']:g}/{r['project_lr']:g} "
             f"| {r['mflop_per_example']:,.4g} | {ref['ex_per_s']:,.0f} | {proj['ex_per_s']:,.0f} "
             f"| {r['ratio']:.2f}x | {r['mfu_reference']} | {r['mfu_project']} "
             f"| {_fmt_mem(ref['peak_bytes'])} | {_fmt_mem(proj['peak_bytes'])} "
@@ -347,6 +351,13 @@ def main(argv: list[str] | None = None) -> int:
         type=positive_int,
         default=None,
         help="project loop only; default: same",
+    )
+    parser.add_argument(
+        "--project-lr-scale",
+        type=positive_float,
+        default=1.0,
+        help="project loop only: its lr is the reference's times this (a larger batch takes "
+        "a larger lr); default 1",
     )
     parser.add_argument(
         "--lr", type=positive_float, default=None, help="default: each model's course lr"
