@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     def resolved_artifact_dir(self) -> Path:
         return (self.artifact_dir or self.state_dir / "artifacts").resolve()
 
+    @property
+    def artifact_dir_source(self) -> str:
+        """The variable that set ``resolved_artifact_dir``, for error messages."""
+        return "TRAINSERVE_ARTIFACT_DIR" if self.artifact_dir else "TRAINSERVE_STATE_DIR"
+
 
 class SettingError(ValueError):
     """A setting that is well formed but cannot work on this machine (the CLI prints it)."""
@@ -218,8 +223,7 @@ def check_writable(settings: Settings, *, artifacts: bool) -> None:
             raise SettingError(f"{source}: cannot write to {database}")
         places.append((database.parent, source))
     if artifacts:
-        source = "TRAINSERVE_ARTIFACT_DIR" if settings.artifact_dir else "TRAINSERVE_STATE_DIR"
-        places.append((settings.resolved_artifact_dir, source))
+        places.append((settings.resolved_artifact_dir, settings.artifact_dir_source))
     for directory, source in places:
         try:
             directory.mkdir(parents=True, exist_ok=True)

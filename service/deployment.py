@@ -46,9 +46,8 @@ def check_artifact_owner(settings: Settings) -> None:
             atomic_write_bytes(stamp, own.encode())
         return
     if stamped != own:
-        source = "TRAINSERVE_ARTIFACT_DIR" if settings.artifact_dir else "TRAINSERVE_STATE_DIR"
         raise SettingError(
-            f"{source}: {directory} holds the model files of another database (its {STAMP_FILE} "
-            f"says {stamped}; this database is {own}): give each database its own "
-            "TRAINSERVE_STATE_DIR or TRAINSERVE_ARTIFACT_DIR"
+            f"{settings.artifact_dir_source}: {directory} holds the model files of another "
+            f"database (its {STAMP_FILE} says {stamped}; this database is {own}): give each "
+            "database its own TRAINSERVE_STATE_DIR or TRAINSERVE_ARTIFACT_DIR"
         )

@@ -111,6 +111,7 @@ def train_data_parallel(
     should_stop: Callable[[], bool],
     checkpoint_path: Path | None = None,
     save_checkpoint_fn: SaveCheckpoint | None = None,
+    checkpoint_last_epoch: bool = True,
 ) -> TrainResult:
     """Train on len(devices) processes; raises like `train` (cancelled, diverged, …)."""
     import torch.distributed as dist
@@ -162,6 +163,7 @@ def train_data_parallel(
                 checkpoint_path=checkpoint_path,
                 shard=Shard(0, world_size, torch.device(devices[0])),
                 save_checkpoint_fn=save_checkpoint_fn,  # rank 0 alone writes checkpoints
+                checkpoint_last_epoch=checkpoint_last_epoch,
             )
         finally:
             dist.destroy_process_group()

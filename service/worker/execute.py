@@ -167,6 +167,7 @@ def execute_job(
                     should_stop=should_stop,
                     checkpoint_path=ckpt,
                     save_checkpoint_fn=save_and_share,
+                    checkpoint_last_epoch=False,  # finish() deletes it
                 )
             else:
                 trained = train(
