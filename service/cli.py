@@ -75,7 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("artifacts %s", settings.resolved_artifact_dir)
         # The pool stops in the app's shutdown: uvicorn re-raises SIGTERM/SIGINT after a
         # graceful shutdown, so code after uvicorn.run may never run.
-        app = create_app(settings, on_shutdown=pool.stop)
+        app = create_app(settings, on_shutdown=pool.stop, on_queued=pool.wake)
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     finally:
         pool.stop()

@@ -23,10 +23,14 @@ models over HTTP with dropout off. Every 4xx has the body `{"error": {...}}` doc
 
 
 def create_app(
-    settings: Settings | None = None, *, on_shutdown: Callable[[], None] | None = None
+    settings: Settings | None = None,
+    *,
+    on_shutdown: Callable[[], None] | None = None,
+    on_queued: Callable[[], None] | None = None,
 ) -> FastAPI:
     """The app; `on_shutdown` (blocking, run in a thread) runs when the server stops gracefully,
-    before the process exits: `serve` stops its worker pool there."""
+    before the process exits: `serve` stops its worker pool there. `on_queued` (quick) runs
+    after a request has queued jobs: `serve` wakes its idle workers there."""
     settings = settings or get_settings()
     check_inference_device(settings.inference_device)  # fail at start, not on the first predict
 
@@ -46,6 +50,7 @@ def create_app(
     engine = make_engine(settings.resolved_database_url)
     app.state.settings = settings
     app.state.engine = engine
+    app.state.on_queued = on_queued or (lambda: None)
     app.state.session_factory = make_session_factory(engine)
     app.state.model_cache = ModelCache(
         settings.resolved_artifact_dir,

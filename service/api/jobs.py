@@ -62,6 +62,7 @@ def submit_job(
     except queue.IdempotencyKeyReused as exc:
         # As the IETF idempotency-key draft says: a reused key with another payload is a 422.
         raise InvalidRequest.for_fields([("Idempotency-Key", str(exc))]) from exc
+    request.app.state.on_queued()
     return JobPublic.from_job(job)
 
 

@@ -214,6 +214,7 @@ def create_sweep(
     except queue.IdempotencyKeyReused as exc:
         # As for POST /jobs (the IETF idempotency-key draft): another payload is a 422.
         raise InvalidRequest.for_fields([("Idempotency-Key", str(exc))]) from exc
+    request.app.state.on_queued()
     return _sweep_public(session, sweep.id)
 
 

@@ -18,6 +18,7 @@ from service.db import make_engine
 from service.tables import JobStatus
 from service.worker.execute import Outcome
 from service.worker.lease import LeaseKeeper
+from service.worker.pool import WAKE_SIGNAL
 from service.worker.retry import DatabaseRetry, DatabaseUnavailable, brief, is_database_error
 from service.worker.standby import Standby
 
@@ -37,6 +38,7 @@ class Worker:
         self.engine = make_engine(settings.resolved_database_url)
         self.artifact_dir = settings.resolved_artifact_dir
         self.stopping = threading.Event()
+        self.woken = threading.Event()  # a job was queued (pool.WAKE_SIGNAL), or we stop
         self._parent_pid: int | None = None
         self._standby: Standby | None = None  # the next job's process, warming up
 
@@ -49,9 +51,11 @@ class Worker:
                 os._exit(128 + signum)
             log.info("worker %s: stopping (a running job is requeued first)", self.name)
             self.stopping.set()
+            self.woken.set()
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+        signal.signal(WAKE_SIGNAL, lambda *_: self.woken.set())
 
     def exit_with_parent(self, parent_pid: int) -> None:
         """Stop when the process that started us is gone (e.g. `serve` killed with -9)."""
@@ -102,10 +106,16 @@ class Worker:
             self.stopping.wait(max(self.settings.poll_seconds, 2.0))
             return False
         if claimed is None:
-            self.stopping.wait(self.settings.poll_seconds)
+            self._wait_for_work()
             return False
         self.run_job(claimed)
         return True
+
+    def _wait_for_work(self) -> None:
+        """Until the next poll, or sooner when woken (a job was queued) or stopped."""
+        if not self.stopping.is_set():
+            self.woken.wait(self.settings.poll_seconds)
+        self.woken.clear()
 
     def _log_database_error(self, exc: Exception) -> None:
         if is_database_error(exc):  # one line per try during an outage, not a traceback

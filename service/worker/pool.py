@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -18,6 +19,11 @@ STOP_GRACE_SECONDS = 30.0  # a worker needs at most one batch to requeue its job
 WATCH_SECONDS = 1.0  # how often the pool looks for dead workers
 RESTART_BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # by deaths in a row
 HEALTHY_AFTER_SECONDS = 60.0  # a worker that lived this long starts its backoff over
+# Sent to the workers when a job is queued, so that an idle one claims it now rather than at its
+# next poll (up to TRAINSERVE_POLL_SECONDS later). A signal whose default action is to ignore
+# it: a worker that has not installed its handler yet, or a worker of another version, is not
+# killed by it, only not woken.
+WAKE_SIGNAL = signal.SIGWINCH
 
 
 def default_worker_devices(count: int | None, slots_per_gpu: int | None = None) -> list[str]:
@@ -132,6 +138,13 @@ class WorkerPool:
             slot.quick_deaths += 1
             slot.process = self._spawn(index)
             slot.started, slot.restart_at = now, None
+
+    def wake(self) -> None:
+        """Tell the workers that a job was queued (``WAKE_SIGNAL``)."""
+        for process in self.processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):  # it exited just now
+                    process.send_signal(WAKE_SIGNAL)
 
     def stop(self) -> None:
         self._stopping.set()
