@@ -86,6 +86,7 @@ def free_port() -> int:
 # Fast settings so that tests wait for a worker in tenths of a second, not seconds.
 FAST_ENV = {
     "TRAINSERVE_POLL_SECONDS": "0.2",
+    "TRAINSERVE_CHECKPOINT_SECONDS": "0",  # every epoch: the fault tests resume from one
     "TRAINSERVE_HEARTBEAT_SECONDS": "1",
     "TRAINSERVE_CANCEL_CHECK_SECONDS": "0.2",
     "TRAINSERVE_LEASE_SECONDS": "10",

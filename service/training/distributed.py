@@ -112,6 +112,7 @@ def train_data_parallel(
     checkpoint_path: Path | None = None,
     save_checkpoint_fn: SaveCheckpoint | None = None,
     checkpoint_last_epoch: bool = True,
+    checkpoint_seconds: float = 0.0,
 ) -> TrainResult:
     """Train on len(devices) processes; raises like `train` (cancelled, diverged, …)."""
     import torch.distributed as dist
@@ -164,6 +165,7 @@ def train_data_parallel(
                 shard=Shard(0, world_size, torch.device(devices[0])),
                 save_checkpoint_fn=save_checkpoint_fn,  # rank 0 alone writes checkpoints
                 checkpoint_last_epoch=checkpoint_last_epoch,
+                checkpoint_seconds=checkpoint_seconds,
             )
         finally:
             dist.destroy_process_group()

@@ -17,6 +17,7 @@ import enum
 import logging
 import math
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -168,6 +169,7 @@ def execute_job(
                     checkpoint_path=ckpt,
                     save_checkpoint_fn=save_and_share,
                     checkpoint_last_epoch=False,  # finish() deletes it
+                    checkpoint_seconds=settings.checkpoint_seconds,
                 )
             else:
                 trained = train(
@@ -177,6 +179,7 @@ def execute_job(
                     checkpoint_path=ckpt,
                     save_checkpoint_fn=save_and_share,
                     checkpoint_last_epoch=False,  # finish() deletes it
+                    checkpoint_seconds=settings.checkpoint_seconds,
                     **common,
                 )
             final = trained.metrics()
@@ -211,12 +214,15 @@ def execute_job(
         )
         publish = _publisher(artifact_dir, description, trained.model)
 
-    return finish(
+    start = time.perf_counter()
+    outcome = finish(
         JobStatus.SUCCEEDED,
         final_metrics=_finite_values(final) if final else None,
         result=_json_safe(result),
         publish=publish,
     )
+    log.info("model saved and outcome recorded in %.2f s", time.perf_counter() - start)
+    return outcome
 
 
 def _publisher(

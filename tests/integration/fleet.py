@@ -23,6 +23,7 @@ from tests.conftest import REPO_ROOT
 # Short leases so that a dead worker's job is taken over within seconds.
 FAULT_ENV = {
     "TRAINSERVE_POLL_SECONDS": "0.2",
+    "TRAINSERVE_CHECKPOINT_SECONDS": "0",  # every epoch: the fault tests resume from one
     "TRAINSERVE_HEARTBEAT_SECONDS": "0.5",
     "TRAINSERVE_CANCEL_CHECK_SECONDS": "0.2",
     "TRAINSERVE_LEASE_SECONDS": "3",

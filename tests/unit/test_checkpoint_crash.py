@@ -66,3 +66,23 @@ def test_a_run_whose_checkpoint_is_thrown_away_skips_the_last_one(tmp_path: Path
 
     train(config, checkpoint_path=checkpoint)  # by default the last epoch is kept too
     assert torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"] == 3
+
+
+def test_checkpoints_wait_for_checkpoint_seconds(tmp_path: Path, monkeypatch) -> None:
+    # A clock that moves 10 s per epoch (each epoch reads it once, after it ends).
+    from service.training import loop
+
+    now = iter(range(0, 10_000, 10))
+    monkeypatch.setattr(loop.time, "monotonic", lambda: float(next(now)))
+    config = TrainConfig(**{**CONFIG, "epochs": 5})
+    written: list[int] = []
+
+    def save(path: Path, state: dict) -> None:
+        written.append(state["epoch"])
+
+    train(config, checkpoint_path=tmp_path / "c.pt", save_checkpoint_fn=save, checkpoint_seconds=20)
+    # Epochs end at 10, 20 (20 s after the start: written), 30, 40 (written), 50.
+    assert written == [2, 4]
+    written.clear()
+    train(config, checkpoint_path=tmp_path / "d.pt", save_checkpoint_fn=save)  # 0: every epoch
+    assert written == [1, 2, 3, 4, 5]

@@ -44,6 +44,7 @@ def settings(tmp_path: Path) -> Settings:
         lease_seconds=LEASE_SECONDS,
         heartbeat_seconds=0.2,
         retry_backoff_seconds=0,
+        checkpoint_seconds=0,  # a checkpoint after every epoch: the resume tests need one
     )
     migrate(settings)
     return settings
