@@ -21,7 +21,9 @@ Variants (bench-only: they patch the service's choices for this process, nothing
 - reduce-overhead: `torch.compile(mode="reduce-overhead")` (Inductor's own CUDA graphs around
   forward and backward), eager steps otherwise;
 - nobench: cuDNN's heuristics for every step (the service autotunes full training batches of the
-  conv nets' eager steps: service/training/autotune.py).
+  conv nets' eager steps: service/training/autotune.py);
+- limit1, limit3: autotuning that times at most 1 or 3 of cuDNN's algorithms per convolution
+  (``torch.backends.cudnn.benchmark_limit``; torch's default is 10).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ VARIANTS = (
     "compile-graphs",
     "reduce-overhead",
     "nobench",
+    "limit1",
+    "limit3",
 )
 COMPILE_MODES = {
     "compile": "default",
@@ -71,6 +75,16 @@ WARMUP_STEPS = 3
 
 def _untuned(objective, optimizer, device, _batch_size) -> EagerSteps:
     return EagerSteps(objective, optimizer, device)
+
+
+@contextlib.contextmanager
+def _benchmark_limit(limit: int):
+    before = torch.backends.cudnn.benchmark_limit
+    torch.backends.cudnn.benchmark_limit = limit
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark_limit = before
 
 
 @contextlib.contextmanager
@@ -87,6 +101,8 @@ def variant_patches(variant: str):
             stack.enter_context(mock.patch.object(loop, "plain_fp32_on_gpu", lambda *_: False))
         if variant == "nobench":  # full batches step without autotuning, like the others
             stack.enter_context(mock.patch.object(loop, "FullBatchAutotunedSteps", _untuned))
+        if variant.startswith("limit"):
+            stack.enter_context(_benchmark_limit(int(variant.removeprefix("limit"))))
         if "fp32" in variant:
             stack.enter_context(
                 mock.patch.object(loop._Runner, "autocast", lambda self: contextlib.nullcontext())
@@ -95,9 +111,15 @@ def variant_patches(variant: str):
 
 
 def profile_model(
-    name: str, variant: str, batch_size: int, steps: int, device: torch.device, rows: int
+    name: str,
+    variant: str,
+    batch_size: int,
+    steps: int,
+    device: torch.device,
+    rows: int,
+    resize: int | None = None,
 ) -> dict:
-    config = TrainConfig(model=name, batch_size=batch_size, optimizer="sgd", lr=0.01)
+    config = TrainConfig(model=name, batch_size=batch_size, optimizer="sgd", lr=0.01, resize=resize)
     n = 8 * batch_size
     images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (n,), device=device)
@@ -147,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="service", help=f"comma list of {','.join(VARIANTS)}")
     parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--steps", type=positive_int, default=10)
+    parser.add_argument(
+        "--resize", type=positive_int, default=None, help="input side (default: the model's)"
+    )
     parser.add_argument("--rows", type=int, default=15)
     parser.add_argument("--no-table", action="store_true", help="step times only, no profile")
     parser.add_argument(
@@ -164,12 +189,14 @@ def main(argv: list[str] | None = None) -> int:
             args.steps,
             device,
             0 if args.no_table else args.rows,
+            args.resize,
         )  # fmt: skip
         for name in args.models.split(",")
         for variant in variants
     ]
     if len(variants) > 1:
-        print(f"\n| model | {' | '.join(variants)} |  (ms per step, batch {args.batch_size})")
+        side = f", {args.resize} px" if args.resize else ""
+        print(f"\n| model | {' | '.join(variants)} |  (ms per step, batch {args.batch_size}{side})")
         print("|---|" + "---:|" * len(variants))
         for name in dict.fromkeys(r["model"] for r in results):
             cells = [
