@@ -66,9 +66,10 @@ serve() {  # serve PORT: the service (API + one worker per GPU slot) on 127.0.0.
 warm_workers() {  # warm_workers PORT: one tiny job per worker, as on a service already running
   run warmup $PY bench/service_e2e.py --url "http://127.0.0.1:$1" --jobs 2 --timeout 120 \
     --body '{"model": "softmax", "dataset": "synthetic", "epochs": 1}'
-  # After a job, its worker starts the next job's process and warms it up (CUDA, cuDNN, the
-  # data: about 15 s on an H200). A job sent sooner waits for that: on the H200 the first VGG job
-  # sent at once had a 5.1 s first epoch, the later ones 2.4-2.9 s. An idle service is warm.
+  # After a job, its worker starts the next job's process, which sets up CUDA and reads the data
+  # before it can take a job; a job sent sooner waits for that (about 0.7 s on an H200 right
+  # after a VGG job). An idle service is warm. (The first VGG job of a fresh machine pays about
+  # 2.5 s more in epoch 1 however long it waits: that cost is the machine's.)
   sleep 20
 }
 
@@ -91,28 +92,26 @@ course_recipes() {  # course_recipes LOG PORT: each 224-px net, 224 px, batch 12
   done
 }
 
-vgg_bodies() {  # vgg_bodies PORT: each of VGG_BODIES
-  for body in "${VGG_BODIES[@]}"; do
-    run e2e $PY bench/service_e2e.py --url "http://127.0.0.1:$1" --model vgg --epochs 10 \
-      --body "$body" --timeout 120 --poll 0.05
-  done
+vgg_job() {  # vgg_job LOG PORT BODY: one 10-epoch VGG job (BODY may change that) through PORT
+  run "$1" $PY bench/service_e2e.py --url "http://127.0.0.1:$2" --model vgg --epochs 10 \
+    --body "$3" --timeout 120 --poll 0.05
 }
 
-vgg_seeds() {  # vgg_seeds PORT: each of VGG15_BODIES, in order
+vgg_bodies() {  # vgg_bodies PORT: each of VGG_BODIES
   local body
-  for body in "${VGG15_BODIES[@]}"; do
-    run vgg15 $PY bench/service_e2e.py --url "http://127.0.0.1:$1" --model vgg --epochs 10 \
-      --body "$body" --timeout 120 --poll 0.05
-  done
+  for body in "${VGG_BODIES[@]}"; do vgg_job e2e "$1" "$body"; done
+}
+
+vgg_seeds() {  # vgg_seeds PORT: each of VGG15_BODIES, in order, then the jobs' logged timings
+  local body
+  for body in "${VGG15_BODIES[@]}"; do vgg_job vgg15 "$1" "$body"; done
   grep -hE "set up on|data read|test set|outcome recorded" "$OUT_DIR/server-$1.log" \
     | tail -60
 }
 
 vgg_compiled_twice() {  # vgg_compiled_twice PORT: VGG_BODIES[2] twice on one (compiling) server
-  for _ in 1 2; do
-    run compiledvgg $PY bench/service_e2e.py --url "http://127.0.0.1:$1" --model vgg \
-      --epochs 10 --body "${VGG_BODIES[2]}" --timeout 120 --poll 0.05
-  done
+  vgg_job compiledvgg "$1" "${VGG_BODIES[2]}"
+  vgg_job compiledvgg "$1" "${VGG_BODIES[2]}"
 }
 
 predict_load() {  # predict_load PORT
