@@ -37,7 +37,15 @@ def decode_npy(data: bytes, field: str, *, max_images: int) -> np.ndarray:
     array = _load_plain(data)
     try:
         if array is None:
-            array = np.load(io.BytesIO(data), allow_pickle=False)
+            stream = io.BytesIO(data)
+            array = np.load(stream, allow_pickle=False)
+            if isinstance(array, np.ndarray) and stream.tell() != len(data):
+                # np.load stops where the array ends; bytes after it mean a damaged or
+                # concatenated upload, which we refuse rather than silently half-read.
+                extra = len(data) - stream.tell()
+                raise InvalidInput(field, f"{extra} unexpected byte(s) after the .npy array's data")
+    except InvalidInput:
+        raise
     except ValueError as exc:  # object arrays ("Object arrays cannot be loaded ...") and more
         raise InvalidInput(field, f"not a usable .npy array ({exc})") from None
     except Exception as exc:  # truncated or corrupt header/data

@@ -196,6 +196,8 @@ def test_decode_npy_shapes_and_dtypes() -> None:
         (_npy(np.zeros((0, 28, 28), dtype=np.uint8)), "no pixels"),
         (_npy(np.zeros((5, 28, 28), dtype=np.uint8)), "at most 4"),
         (_npy(np.zeros((28, 28), dtype=np.uint8))[:-10], ".npy"),
+        (_npy(np.zeros((28, 28), dtype=np.uint8)) + b"tail", "4 unexpected byte(s)"),
+        (_npy(np.zeros((28, 28), dtype=np.float64)) + b"\0", "1 unexpected byte(s)"),
     ],
 )
 def test_decode_npy_rejects_bad_arrays(data: bytes, reason: str) -> None:
