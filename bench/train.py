@@ -22,6 +22,14 @@ accuracy of each after --epochs.
     python bench/train.py --quick --models alexnet --quick-side 64
     python bench/train.py --concurrent 4           # 4 LeNet trainings at once on one device
     python bench/train.py --models lenet --eager-too   # also the project loop without CUDA graphs
+    python bench/train.py --models vgg --epochs 10 --project-batch-size 256 --project-config \
+        '{"resize": 112, "optimizer": "momentum", "lr_schedule": "onecycle", "lr": 0.05,
+          "weight_decay": 5e-4, "augment": "flip"}'   # the service's VGG recipe against the course
+
+With --project-config the project trains with those job fields instead (any `POST /jobs` training
+field but the ones this script sets: model, dataset, epochs, batch size, seed, the split): a
+different side, optimizer or schedule is then the project's choice, and the accuracy columns say
+whether it pays. The printed side is each loop's own.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -54,7 +63,7 @@ import models  # noqa: E402
 from service.training.config import TrainConfig  # noqa: E402
 from service.training.data import load_dataset  # noqa: E402
 from service.training.graphed import ENV_SWITCH as GRAPHS_SWITCH  # noqa: E402
-from service.training.loop import train  # noqa: E402
+from service.training.loop import input_side, train  # noqa: E402
 
 ALL_MODELS = ["softmax", "mlp", "lenet", "alexnet", "vgg", "nin"]
 QUICK_MODELS = ["softmax", "mlp", "lenet"]
@@ -117,12 +126,19 @@ def run_reference(model_name, data, side, batch_size, lr, dropout, epochs, devic
     }
 
 
-def run_project(
-    model_name, n, n_test, side, batch_size, lr, dropout, epochs, device, data_dir, dataset
-) -> dict:
-    """`service.training.loop.train` with the equivalent config (one validation example)."""
-    _reset_peak(device)
-    config = TrainConfig(
+# The fields run_project sets itself (the rest may come from --project-config).
+BENCH_FIELDS = frozenset(
+    {"model", "dataset", "batch_size", "epochs", "seed", "val_fraction", "train_examples",
+     "test_examples", "kind", "devices"}
+)  # fmt: skip
+
+
+def project_config(
+    model_name, n, n_test, side, batch_size, lr, dropout, epochs, dataset, overrides
+) -> TrainConfig:
+    """The project's job for one model: the reference's settings (one validation example, so it
+    trains on n - 1, the closest to the reference's n), then ``overrides``."""
+    fields = dict(
         model=model_name,
         dataset=dataset,
         batch_size=batch_size,
@@ -132,16 +148,38 @@ def run_project(
         dropout=dropout,
         seed=0,
         resize=side,
-        val_fraction=1.0 / n,  # train on n - 1, the closest to the reference's n
+        val_fraction=1.0 / n,
         train_examples=n,
         test_examples=n_test,
     )
+    return TrainConfig(**{**fields, **overrides})
+
+
+def parse_project_config(text: str) -> dict:
+    """--project-config: a JSON object of TrainConfig fields, checked before anything runs."""
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(overrides, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object of job fields")
+    known = set(TrainConfig.__dataclass_fields__) - BENCH_FIELDS
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"fields {unknown} cannot be set; known: {sorted(known)}")
+    return overrides
+
+
+def run_project(config: TrainConfig, device, data_dir) -> dict:
+    """`service.training.loop.train` on ``config`` (see ``project_config``)."""
+    _reset_peak(device)
     result = train(config, device=device, data_dir=data_dir)
-    examples = n - 1
-    train_s = sum(examples / m.examples_per_sec for m in result.epochs)
+    examples = config.train_examples - 1
+    epoch_s = [examples / m.examples_per_sec for m in result.epochs]
     return {
-        "ex_per_s": examples * len(result.epochs) / train_s,
-        "train_s": train_s,
+        "ex_per_s": examples * len(result.epochs) / sum(epoch_s),
+        "train_s": sum(epoch_s),
+        "epoch_ex_per_s": [m.examples_per_sec for m in result.epochs],
         "peak_bytes": _peak_bytes(device),
         "test_acc": result.test_acc,
     }
@@ -151,8 +189,37 @@ def _fmt_mem(b: int | None) -> str:
     return "n/a" if b is None else f"{b / 2**20:,.0f} MiB"
 
 
+def _fmt_epochs(ex_per_s: list[float]) -> str:
+    """Epoch 1 (which carries the run's one-time set-up) against the median of the others."""
+    if len(ex_per_s) < 2:
+        return ""
+    return (
+        f" | project epoch 1 {ex_per_s[0]:,.0f} ex/s, "
+        f"later epochs median {statistics.median(ex_per_s[1:]):,.0f} ex/s"
+    )
+
+
 def _fmt_mfu(flops: float, ex_per_s: float, peak_tflops: float | None) -> str:
     return "n/a" if not peak_tflops else f"{100 * flops * ex_per_s / (peak_tflops * 1e12):.2f}%"
+
+
+def _plan(args, name: str, n: int, n_test: int) -> tuple:
+    """One model's settings: its side, the reference's batch and lr, dropout, the project's job."""
+    spec = models.get_spec(name)
+    side = spec.input_side
+    if args.quick_side and side > 28:
+        side = max(args.quick_side, spec.min_side)  # NiN needs 67, AlexNet/VGG less
+    ref_batch = args.batch_size or (256 if name in SMALL_BATCH_MODELS else 128)
+    lr = args.lr if args.lr is not None else spec.lr
+    config = project_config(
+        name, n, n_test, side, args.project_batch_size or ref_batch, lr * args.project_lr_scale,
+        spec.dropout, args.epochs, args.dataset, args.project_config,
+    )  # fmt: skip
+    try:
+        input_side(config)
+    except ValueError as exc:
+        raise SystemExit(f"train.py: --project-config for {name}: {exc}") from None
+    return name, side, ref_batch, lr, spec.dropout, config
 
 
 def bench_models(args, device: torch.device, peak_tflops: float | None) -> list[dict]:
@@ -166,59 +233,53 @@ def bench_models(args, device: torch.device, peak_tflops: float | None) -> list[
         ds.test_labels[:n_test],
     )
     print(
-        f"{args.dataset}: {n} train / {n_test} test examples, {args.epochs} epoch(s), sgd, "
-        f"device {device}"
+        f"{args.dataset}: {n} train / {n_test} test examples, {args.epochs} epoch(s), sgd"
+        + (f" (project: {json.dumps(args.project_config)})" if args.project_config else "")
+        + f", device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f", {torch.get_num_threads()} CPU threads, peak "
         + (f"{peak_tflops:g} TFLOP/s" if peak_tflops else "n/a"),
         flush=True,
     )
+    plans = [_plan(args, name, n, n_test) for name in args.models]  # bad settings fail first
     rows = []
-    for name in args.models:
-        spec = models.get_spec(name)
-        side = spec.input_side
-        if args.quick_side and side > 28:
-            side = max(args.quick_side, spec.min_side)  # NiN needs 67, AlexNet/VGG less
-        default_batch = 256 if name in SMALL_BATCH_MODELS else 128
-        ref_batch = args.batch_size or default_batch
-        proj_batch = args.project_batch_size or ref_batch
-        lr = args.lr if args.lr is not None else spec.lr
-        proj_lr = lr * args.project_lr_scale
-        dropout = spec.dropout
+    for name, side, ref_batch, lr, dropout, config in plans:
+        proj_batch, proj_side = config.batch_size, input_side(config)
         flops = flops_per_example(name, side, dropout)
+        proj_flops = flops_per_example(name, proj_side, config.dropout)
         ref = run_reference(name, data, side, ref_batch, lr, dropout, args.epochs, device)
-        project_args = (
-            name, n, n_test, side, proj_batch, proj_lr, dropout, args.epochs, device,
-            args.data_dir, args.dataset,
-        )  # fmt: skip
-        proj = in_job_process(run_project, *project_args)
+        proj = in_job_process(run_project, config, device, args.data_dir)
         eager = None
         if args.eager_too and device.type == "cuda":
             with mock.patch.dict(os.environ, {GRAPHS_SWITCH: "0"}):  # the spawned child sees it
-                eager = in_job_process(run_project, *project_args)
+                eager = in_job_process(run_project, config, device, args.data_dir)
         row = {
             "model": name,
             "side": side,
+            "project_side": proj_side,
+            "project_config": {k: v for k, v in config.to_dict().items() if v is not None},
             "ref_batch": ref_batch,
             "project_batch": proj_batch,
             "lr": lr,
-            "project_lr": proj_lr,
+            "project_lr": config.lr,
             "mflop_per_example": flops / 1e6,
+            "project_mflop_per_example": proj_flops / 1e6,
             "reference": ref,
             "project": proj,
             "project_without_graphs": eager,
             "ratio": proj["ex_per_s"] / ref["ex_per_s"],
             "mfu_reference": _fmt_mfu(flops, ref["ex_per_s"], peak_tflops),
-            "mfu_project": _fmt_mfu(flops, proj["ex_per_s"], peak_tflops),
+            "mfu_project": _fmt_mfu(proj_flops, proj["ex_per_s"], peak_tflops),
         }
         rows.append(row)
         print(
-            f"{name:8} side {side:3} batch {ref_batch}/{proj_batch} lr {lr:g}/{proj_lr:g}: "
-            "reference "
+            f"{name:8} side {side}/{proj_side} batch {ref_batch}/{proj_batch} "
+            f"lr {lr:g}/{config.lr:g}: reference "
             f"{ref['ex_per_s']:,.0f} ex/s (acc {ref['test_acc']:.3f}, MFU {row['mfu_reference']}, "
             f"peak {_fmt_mem(ref['peak_bytes'])}) | project {proj['ex_per_s']:,.0f} ex/s "
             f"(acc {proj['test_acc']:.3f}, MFU {row['mfu_project']}, peak "
             f"{_fmt_mem(proj['peak_bytes'])}) | {row['ratio']:.2f}x"
+            + _fmt_epochs(proj["epoch_ex_per_s"])
             + (
                 f" | without CUDA graphs {eager['ex_per_s']:,.0f} ex/s (acc "
                 f"{eager['test_acc']:.3f}), graphs {proj['ex_per_s'] / eager['ex_per_s']:.2f}x"
@@ -231,7 +292,8 @@ def bench_models(args, device: torch.device, peak_tflops: float | None) -> list[
             torch.cuda.empty_cache()
     print()
     print(
-        "| model | side | batch ref/proj | lr ref/proj | MFLOP/ex (fwd+bwd) | reference ex/s "
+        "| model | side ref/proj | batch ref/proj | lr ref/proj | MFLOP/ex ref/proj (fwd+bwd) "
+        "| reference ex/s "
         "| project ex/s | project/reference | MFU ref | MFU proj | peak mem ref | peak mem proj "
         "| test acc ref | test acc proj |"
     )
@@ -239,9 +301,10 @@ def bench_models(args, device: torch.device, peak_tflops: float | None) -> list[
     for r in rows:
         ref, proj = r["reference"], r["project"]
         print(
-            f"| {r['model']} | {r['side']} | {r['ref_batch']}/{r['project_batch']} "
-            f"| {r['lr']:g}/{r['project_lr']:g} "
-            f"| {r['mflop_per_example']:,.4g} | {ref['ex_per_s']:,.0f} | {proj['ex_per_s']:,.0f} "
+            f"| {r['model']} | {r['side']}/{r['project_side']} "
+            f"| {r['ref_batch']}/{r['project_batch']} | {r['lr']:g}/{r['project_lr']:g} "
+            f"| {r['mflop_per_example']:,.4g}/{r['project_mflop_per_example']:,.4g} "
+            f"| {ref['ex_per_s']:,.0f} | {proj['ex_per_s']:,.0f} "
             f"| {r['ratio']:.2f}x | {r['mfu_reference']} | {r['mfu_project']} "
             f"| {_fmt_mem(ref['peak_bytes'])} | {_fmt_mem(proj['peak_bytes'])} "
             f"| {ref['test_acc']:.3f} | {proj['test_acc']:.3f} |"
@@ -358,6 +421,14 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="project loop only: its lr is the reference's times this (a larger batch takes "
         "a larger lr); default 1",
+    )
+    parser.add_argument(
+        "--project-config",
+        type=parse_project_config,
+        default={},
+        metavar="JSON",
+        help="project loop only: job fields it trains with instead, e.g. "
+        '\'{"resize": 112, "optimizer": "momentum", "lr_schedule": "onecycle"}\'',
     )
     parser.add_argument(
         "--lr", type=positive_float, default=None, help="default: each model's course lr"
