@@ -183,6 +183,17 @@ def _no_fit(
             "network scores every class alike for every input"
         )
         return reasons, stuck_advice(facts)
+    fits = acc_train is not None and (acc_train - chance) / (1 - chance) >= LOW_ACC_SHARE
+    if last_train > (1 + NEAR_UNIFORM_MARGIN) * uniform and fits:
+        # Mostly right answers with a mean loss above a guess's: the wrong ones (or some batches)
+        # carry huge losses from scores that steps too large blew up. Not worse than guessing.
+        reasons.append(
+            f"the training loss {last_train:.4g} (the epoch's mean) is above ln {num_classes} = "
+            f"{uniform:.4g}, the loss of a uniform guess, although training accuracy is "
+            f"{acc_train:.3f}: its wrong answers carry huge losses, from scores blown up by "
+            "steps that are too large"
+        )
+        return reasons, steps_too_large(facts)
     if last_train > (1 + NEAR_UNIFORM_MARGIN) * uniform:
         reasons.append(
             f"the training loss {last_train:.4g} is above ln {num_classes} = {uniform:.4g}, "

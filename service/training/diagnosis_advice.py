@@ -29,6 +29,7 @@ class RunFacts:
     dropout: float = 0.0
     takes_dropout: bool | None = None  # the model has dropout layers (softmax, linear: none)
     relu: bool | None = None  # its hidden units are ReLUs
+    batch_size: int | None = None  # with loss_reduction sum: each step is this times the mean's
 
 
 def run_facts(config: Any) -> RunFacts:
@@ -48,6 +49,7 @@ def run_facts(config: Any) -> RunFacts:
         dropout=config.dropout,
         takes_dropout=takes_dropout,
         relu=relu,
+        batch_size=config.batch_size if getattr(config, "loss_reduction", "") == "sum" else None,
     )
 
 
@@ -65,11 +67,18 @@ def _at_lr(facts: RunFacts) -> str:
     return f" (now {facts.lr:g})" if facts.lr is not None else ""
 
 
+def _or_mean_reduction(facts: RunFacts) -> str:
+    """Where steps are too large and the loss is summed: the likeliest cause, named."""
+    if facts.batch_size is None:
+        return ""
+    return f", or use loss_reduction mean (sum makes each step {facts.batch_size} times the mean's)"
+
+
 def steps_too_large(facts: RunFacts | None) -> str:
     if facts is None:
         return STEPS_TOO_LARGE
     penalty = _penalty(facts)
-    advice = f"lower the learning rate{_at_lr(facts)}"
+    advice = f"lower the learning rate{_at_lr(facts)}{_or_mean_reduction(facts)}"
     return advice + (f", or the penalty ({penalty})" if penalty else "")
 
 
