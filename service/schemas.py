@@ -776,6 +776,9 @@ class SweepPointPublic(BaseModel):
     params: dict[str, Any]  # this point's grid values
     val_acc: float | None
     val_loss: float | None
+    # Regression points: mean squared error on the validation split (K-fold: mean over folds),
+    # comparable across losses; null for classification.
+    val_mse: float | None = None
     test_acc: float | None
 
 

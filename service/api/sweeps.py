@@ -50,6 +50,12 @@ _ORDER = (
 )
 ORDER_CLASSIFICATION = _ORDER.format("val_acc descending")
 ORDER_REGRESSION = _ORDER.format("val_loss ascending")
+# Points trained with different regression losses: their val_loss values are in different units
+# (l2 is half the squared error, l1 the absolute error), so they are ranked by one yardstick.
+ORDER_REGRESSION_MSE = _ORDER.format(
+    "val_mse ascending (mean squared error on the validation split, whatever loss each point "
+    "trained on: the points' losses differ, so their val_loss values do not compare)"
+)
 _STATUS_RANK = {
     status.value: rank
     for rank, status in enumerate(
@@ -218,22 +224,42 @@ def create_sweep(
     return _sweep_public(session, sweep.id)
 
 
-def _sort_key(job: Job, regression: bool) -> tuple[int, int, float, int]:
-    """ORDER_CLASSIFICATION / ORDER_REGRESSION: (status rank, no score, score, job id)."""
+def val_mse(job: Job) -> float | None:
+    """A regression job's validation MSE (a K-fold job's mean over its folds), if recorded."""
+    result = job.result or {}
+    value = result.get("val_mse", result.get("val_mse_mean"))
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _score(job: Job, order: str) -> float | None:
+    """The figure ``order`` ranks by, oriented so that lower is better."""
+    if order == ORDER_CLASSIFICATION:
+        return None if job.val_acc is None else -job.val_acc
+    return job.val_loss if order == ORDER_REGRESSION else val_mse(job)
+
+
+def _sort_key(job: Job, order: str) -> tuple[int, int, float, int]:
+    """ORDER_*: (status rank, no score, score, job id)."""
     rank = _STATUS_RANK.get(job.status, len(_STATUS_RANK))
-    score = job.val_loss if regression else job.val_acc
+    score = _score(job, order)
     if rank != 0 or score is None or not math.isfinite(score):
         return (rank, 1, 0.0, job.id)  # a succeeded point without a score; or not succeeded
-    return (0, 0, score if regression else -score, job.id)
+    return (0, 0, score, job.id)
+
+
+def _order(configs: list[TrainConfig]) -> str:
+    if not configs or not all(c.is_regression for c in configs):
+        return ORDER_CLASSIFICATION
+    return ORDER_REGRESSION if len({c.loss or "l2" for c in configs}) == 1 else ORDER_REGRESSION_MSE
 
 
 def _sweep_public(session: Any, sweep_id: int) -> SweepPublic:
     sweep, jobs = queue.get_sweep(session, sweep_id)
-    configs = [TrainConfig.from_dict(j.config) for j in jobs]
-    regression = bool(configs) and all(c.is_regression for c in configs)
-    ranked = sorted(jobs, key=lambda j: _sort_key(j, regression))
+    order = _order([TrainConfig.from_dict(j.config) for j in jobs])
+    regression = order != ORDER_CLASSIFICATION
+    ranked = sorted(jobs, key=lambda j: _sort_key(j, order))
     # The best point: a succeeded one with a score, never a cancelled or failed one's metrics.
-    best = ranked[0] if ranked and _sort_key(ranked[0], regression)[:2] == (0, 0) else None
+    best = ranked[0] if ranked and _sort_key(ranked[0], order)[:2] == (0, 0) else None
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
@@ -243,7 +269,7 @@ def _sweep_public(session: Any, sweep_id: int) -> SweepPublic:
         grid=sweep.grid,
         created_at=sweep.created_at,
         status_counts=counts,
-        order=ORDER_REGRESSION if regression else ORDER_CLASSIFICATION,
+        order=order,
         best_job_id=best.id if best is not None else None,
         points=[
             SweepPointPublic(
@@ -252,6 +278,7 @@ def _sweep_public(session: Any, sweep_id: int) -> SweepPublic:
                 params={key: job.config.get(key) for key in sweep.grid},
                 val_acc=finite_or_none(job.val_acc),
                 val_loss=finite_or_none(job.val_loss),
+                val_mse=finite_or_none(val_mse(job)) if regression else None,
                 test_acc=finite_or_none(job.test_acc),
             )
             for job in ranked

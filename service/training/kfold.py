@@ -44,9 +44,11 @@ class FoldResult:
     train_examples: int
     val_examples: int
     epochs: list[EpochMetrics]
+    val_mse: float = math.nan  # regression: see RegressionResult.val_mse
 
     def to_dict(self) -> dict[str, Any]:
         last = self.epochs[-1]
+        mse = {} if math.isnan(self.val_mse) else {"val_mse": _or_none(self.val_mse)}
         return {
             "fold": self.fold,
             "train_examples": self.train_examples,
@@ -56,6 +58,7 @@ class FoldResult:
             "train_acc": _or_none(last.train_acc),
             "val_acc": _or_none(last.val_acc),
             "val_loss_curve": [e.val_loss for e in self.epochs],
+            **mse,
         }
 
 
@@ -100,6 +103,11 @@ class KFoldResult:
         acc_mean, acc_std = self._mean_std("val_acc")
         loss_mean, loss_std = self._mean_std("val_loss")
         curves = self.mean_curves()
+        mse: dict[str, Any] = {}
+        if self.num_classes is None:  # regression: the yardstick across losses
+            values = [f.val_mse for f in self.folds]
+            finite = all(math.isfinite(v) for v in values)
+            mse["val_mse_mean"] = float(np.mean(values)) if finite else None
         return {
             "k": self.k,
             "folds": [f.to_dict() for f in self.folds],
@@ -107,6 +115,7 @@ class KFoldResult:
             "val_acc_std": acc_std,
             "val_loss_mean": loss_mean,
             "val_loss_std": loss_std,
+            **mse,
             "diagnosis": diagnose(
                 curves["train_loss"],
                 curves["val_loss"],
@@ -147,7 +156,9 @@ def cross_validate(
                 test_y=tabular.test_y[:0],
             )
             result = fit_regression(config, splits, device=device, should_stop=should_stop)
-            folds.append(FoldResult(i + 1, len(train_idx), len(val_idx), result.epochs))
+            folds.append(
+                FoldResult(i + 1, len(train_idx), len(val_idx), result.epochs, result.val_mse)
+            )
             on_fold(folds[-1])
         return KFoldResult(k, folds, None, run_facts(config))
 

@@ -161,6 +161,11 @@ def per_example_loss(pred: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Te
     raise ValueError(f"unknown regression loss {loss!r} (known: l2, l1, huber)")
 
 
+def mean_squared_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """(1/n) sum (y' - y)^2 over (x, y): twice the course's l2 loss; NaN for an empty set."""
+    return 2 * evaluate_regression(model, x, y, "l2")
+
+
 def evaluate_regression(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str) -> float:
     """Mean per-example loss over (x, y), no autograd; NaN for an empty set."""
     if len(y) == 0:
@@ -221,6 +226,9 @@ class RegressionResult:
     val_loss: float = math.nan
     test_loss: float = math.nan
     report: dict[str, Any] = field(default_factory=dict)  # |w|, b, errors vs the true w, b
+    # Mean squared error on the validation split, whatever the loss trained on: the yardstick
+    # that ranks fits made with different losses (their val_loss is each in its own unit).
+    val_mse: float = math.nan
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -294,6 +302,7 @@ def fit_regression(
     test_loss = evaluate_regression(
         run.model, splits.test_x.to(device), splits.test_y.to(device), loss_name
     )
+    val_mse = mean_squared_error(run.model, val_x, val_y)
     model = run.model.to("cpu").eval()
     return RegressionResult(
         model=model,
@@ -302,6 +311,7 @@ def fit_regression(
         val_loss=history[-1].val_loss,
         test_loss=test_loss,
         report=parameter_report(model, true_w, true_b),
+        val_mse=val_mse,
     )
 
 

@@ -154,6 +154,7 @@ def execute_job(
             final = fitted.metrics()
             result = {
                 **fitted.report,
+                "val_mse": fitted.val_mse,  # NaN (no validation split) -> null
                 "diagnosis": diagnose_epochs(fitted.epochs, facts=run_facts(config)),
             }
         else:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from service import queue
-from service.api.sweeps import ORDER_CLASSIFICATION
+from service.api.sweeps import ORDER_CLASSIFICATION, ORDER_REGRESSION, ORDER_REGRESSION_MSE
 from service.db import make_engine
 from service.schemas import MAX_SWEEP_POINTS
 from service.tables import JobStatus
@@ -177,6 +177,45 @@ def test_sweep_ranks_only_succeeded_points_by_score(database_url: str, start_ser
         finish(only, JobStatus.FAILED, 0.99)
         answer = client.get(f"/sweeps/{alone['id']}").json()
         assert answer["best_job_id"] is None and answer["points"][0]["status"] == "failed"
+    finally:
+        engine.dispose()
+
+
+def test_regression_sweep_over_losses_ranks_by_val_mse(database_url: str, start_server) -> None:
+    """Each regression point's val_loss is in its own loss's unit (l2 is half the squared error,
+    l1 the absolute error), so points with different losses are ranked by val_mse; with one
+    loss, by val_loss. Stand-in workers finish the points with chosen figures."""
+    server = start_server(database_url, workers=0)
+    client = httpx.Client(base_url=server.url, timeout=60)
+    base = {"model": "linear", "dataset": "linreg-synthetic", "epochs": 1}
+    mixed = client.post("/sweeps", json={"base": base, "grid": {"loss": ["l2", "l1"]}}).json()
+    assert mixed["order"] == ORDER_REGRESSION_MSE, mixed
+    engine = make_engine(database_url)
+    try:
+        claims = [queue.claim_next_job(engine, "stand-in", 60) for _ in range(2)]
+        by_loss = {}
+        for claimed in claims:
+            assert claimed is not None
+            by_loss[client.get(f"/jobs/{claimed.id}").json()["loss"]] = claimed
+        # l1's val_loss (a mean absolute error) is the smaller figure, its squared error not
+        figures = {"l2": (0.5, 1.0), "l1": (0.4, 3.0)}  # loss: (val_loss, val_mse)
+        for loss, (val_loss, mse) in figures.items():
+            claimed = by_loss[loss]
+            assert queue.finish_job(engine, claimed.id, claimed.token, JobStatus.SUCCEEDED,
+                                    final_metrics={"val_loss": val_loss},
+                                    result={"val_mse": mse})  # fmt: skip
+        ranked = client.get(f"/sweeps/{mixed['id']}").json()
+        assert [p["params"]["loss"] for p in ranked["points"]] == ["l2", "l1"]
+        assert [p["val_mse"] for p in ranked["points"]] == [1.0, 3.0]
+        assert ranked["best_job_id"] == by_loss["l2"].id
+
+        one_loss = {"base": {**base, "loss": "l1"}, "grid": {"lr": [0.01, 0.02]}}
+        same = client.post("/sweeps", json=one_loss).json()
+        assert same["order"] == ORDER_REGRESSION
+        classes = client.post("/sweeps", json={"base": {"model": "softmax", **QUICK},
+                                               "grid": {"lr": [0.1, 0.2]}}).json()  # fmt: skip
+        assert classes["order"] == ORDER_CLASSIFICATION
+        assert {p["val_mse"] for p in classes["points"]} == {None}
     finally:
         engine.dispose()
 

@@ -62,6 +62,21 @@ def test_linear_regression_recovers_the_true_parameters() -> None:
     assert result.test_loss < 1e-3  # noise 0.01: (1/2) 0.01^2 is the floor
     assert all(math.isnan(e.train_acc) and math.isnan(e.val_acc) for e in result.epochs)
     assert result.epochs[-1].train_loss < result.epochs[0].train_loss
+    # the l2 loss is half the squared error: val_mse, the yardstick across losses, is twice it
+    assert result.val_mse == pytest.approx(2 * result.val_loss)
+
+
+def test_val_mse_is_the_squared_error_whatever_the_loss() -> None:
+    base = {"model": "linear", "dataset": "linreg-synthetic", "lr": 0.03, "batch_size": 10,
+            "epochs": 1, "seed": 0}  # fmt: skip
+    l1 = train_regression(TrainConfig(**base, loss="l1"))
+    tabular = load_tabular("linreg-synthetic")
+    # the validation split is the training set's held-out part: recompute on all of it and
+    # compare orders of magnitude only (l1's val_loss is a mean absolute error, not squared)
+    assert math.isfinite(l1.val_mse) and l1.val_mse != pytest.approx(l1.val_loss)
+    pred = l1.model(tabular.train_x).detach().reshape(-1)
+    whole = float(((pred - tabular.train_y.reshape(-1)) ** 2).mean())
+    assert l1.val_mse == pytest.approx(whole, rel=0.5)
 
 
 def test_weight_decay_shrinks_w_on_the_high_dimensional_set() -> None:
@@ -372,6 +387,9 @@ def test_kfold_on_regression_reports_losses() -> None:
     report = cross_validate(config).to_dict()
     assert report["val_acc_mean"] is None and report["val_loss_mean"] < 0.01
     assert len(report["folds"]) == 2
+    mses = [f["val_mse"] for f in report["folds"]]
+    assert mses == pytest.approx([2 * f["val_loss"] for f in report["folds"]])  # l2: half of it
+    assert report["val_mse_mean"] == pytest.approx(sum(mses) / 2)
 
 
 def test_optimizer_groups_follow_the_config() -> None:
