@@ -74,8 +74,10 @@ def _points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 
 def _hashable(value: Any) -> Any:
-    """A JSON value as a hashable one that compares as the value does (1, 1.0 and true are
-    equal; [1] and [1.0] too): lists become tuples, objects frozensets of their items."""
+    """A JSON value as a hashable one that compares as the value does (1 and 1.0 are equal;
+    [1] and [1.0] too; true is not 1): lists become tuples, objects frozensets of their items."""
+    if isinstance(value, bool):  # Python's True == 1; JSON's true is no number
+        return ("bool", value)
     if isinstance(value, list):
         return tuple(_hashable(v) for v in value)
     if isinstance(value, dict):
@@ -84,9 +86,12 @@ def _hashable(value: Any) -> Any:
 
 
 def _first_repeat(values: list[Any]) -> int | None:
-    """The index of the first value met a second time (1 and 1.0 count as one), else None."""
+    """The index of the first value met a second time (1 and 1.0 count as one), else None.
+    Infinities (1e400 parses as inf) are left to the field's own check, which refuses them."""
     seen: set[Any] = set()
     for i, value in enumerate(values):
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
         key = _hashable(value)
         if key in seen:
             return i
@@ -135,9 +140,8 @@ def _resolve_points(body: SweepCreate, session: Any) -> list[TrainConfig]:
             )  # fmt: skip
         repeat = _first_repeat(scalars)
         if repeat is not None:
-            problems.append(
-                (f"grid.{key}", f"{scalars[repeat]!r} is given twice (points would repeat)")
-            )
+            shown = json.dumps(scalars[repeat])  # JSON's true/null, not Python's True/None
+            problems.append((f"grid.{key}", f"{shown} is given twice (points would repeat)"))
         if key == "priority":
             problems.append(("grid.priority", "a sweep's jobs share the base's priority"))
     if body.base.get("kind") == "lr_find" or "lr_find" in body.grid.get("kind", []):

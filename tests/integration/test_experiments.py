@@ -393,6 +393,26 @@ def test_huge_grids_are_refused_from_their_lengths_alone(api_only: httpx.Client)
     assert api_only.get("/sweeps").json()["count"] == 0
 
 
+def test_a_grid_value_of_the_wrong_type_is_named_for_its_type(api_only: httpx.Client) -> None:
+    """true is not 1 and 1e400 (inf) is no number: each value's own check names it, not the
+    repeat check; a real repeat is shown in JSON's words (true, not Python's True)."""
+    cases = [
+        ({"seed": [1, True]}, "grid.seed", "must be a number, not true"),
+        ({"decay_bias": [True, 1]}, "grid.decay_bias", "must be"),
+        ({"lr": [1e400, 1e401]}, "grid.lr", "finite"),
+        ({"decay_bias": [True, True]}, "grid.decay_bias", "true is given twice"),
+    ]
+    for grid, field, reason in cases:
+        body = json.dumps({"base": {"model": "softmax"}, "grid": grid}).replace("Infinity", "1e400")
+        response = api_only.post("/sweeps", content=body,
+                                 headers={"content-type": "application/json"})  # fmt: skip
+        assert response.status_code == 422, response.text
+        fields = response.json()["error"]["fields"]
+        assert [f["field"] for f in fields] == [field], fields
+        assert reason in fields[0]["reason"], fields
+    assert api_only.get("/sweeps").json()["count"] == 0
+
+
 def test_sweep_idempotency_key(database_url: str, start_server) -> None:
     """As for POST /jobs: the same key and body return the first sweep (201), with no job queued
     twice; another body is a 422 naming the key and the sweep; a blank key is a 422."""
