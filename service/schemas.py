@@ -529,15 +529,15 @@ class JobPublic(BaseModel):
     weight_decay: float
     dropout: float
     batch_size: int
-    epochs: int
-    lr: float
+    epochs: int | None  # None for lr_find (UNUSED_BY_KIND), as for the fields below
+    lr: float | None
     optimizer: str
     lr_schedule: str
     augment: str
     seed: int
     resize: int | None
     input_side: int | None  # None for linear (feature vectors, no images)
-    val_fraction: float
+    val_fraction: float | None
     train_examples: int | None
     test_examples: int | None
     loss: str | None
@@ -589,10 +589,13 @@ class JobPublic(BaseModel):
     def from_job(cls, job: Job) -> JobPublic:
         config = TrainConfig.from_dict(job.config)
         result = job.result
+        # A field the job's kind does not use shows as null, as k or steps do on other kinds
+        # (the stored config keeps its default: rows stay loadable by older versions).
+        unused = UNUSED_BY_KIND.get(config.kind, {})
         return cls(
             id=job.id,
             status=JobStatus(job.status),
-            **{k: v for k, v in config.to_dict().items()},
+            **{k: (None if k in unused else v) for k, v in config.to_dict().items()},
             input_side=input_side_of(config),
             sweep_id=job.sweep_id,
             result=result,

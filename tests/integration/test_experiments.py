@@ -45,6 +45,10 @@ def test_each_kind_runs_and_reports(database_url: str, start_server) -> None:
     assert submitted["lenet"]["activation"] == "relu" and submitted["lenet"]["k"] is None
     assert submitted["lr_find"]["steps"] == 40 and submitted["lr_find"]["lr_min"] == 1e-6
     assert submitted["kfold"]["k"] == 2 and submitted["kfold"]["kind"] == "kfold"
+    # what a kind has no use for (and refuses) shows as null, not as a default it ignores
+    assert submitted["lr_find"]["epochs"] is None and submitted["lr_find"]["lr"] is None
+    assert submitted["kfold"]["val_fraction"] is None and submitted["kfold"]["epochs"] == 1
+    assert submitted["lenet"]["val_fraction"] == 0.1 and submitted["lenet"]["epochs"] == 2
     assert submitted["lenet"]["augment"] == "flip_crop" and submitted["kfold"]["augment"] == "none"
     assert [submitted[n]["lr_schedule"] for n in ("lenet", "kfold", "lr_find")] == [
         "onecycle", "cosine", "constant"
@@ -61,6 +65,7 @@ def test_each_kind_runs_and_reports(database_url: str, start_server) -> None:
     linear = jobs["linear"]
     assert linear["result"]["weights"] == pytest.approx([2.0, -3.4], abs=0.05)
     assert linear["result"]["weight_error_norm"] < 0.05 and linear["train_acc"] is None
+    assert 0 <= linear["result"]["val_mse"] < 0.05  # noise 0.01: about 1e-4 at a good fit
     assert linear["diagnosis"]["verdict"] in ("underfitting", "overfitting", "good fit")
     curve = client.get(f"/jobs/{linear['id']}/metrics").json()
     assert curve["count"] == 3 and all(row["val_acc"] is None for row in curve["data"])
