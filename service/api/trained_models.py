@@ -40,13 +40,13 @@ from service.errors import (
 )
 from service.inference import (
     MAX_MC_PASSES,
+    DecodeBusy,
     Inputs,
     InvalidInput,
     LoadedModel,
     ModelNotAvailable,
     QueueFull,
     Serving,
-    decode_npy,
     parse_instances,
 )
 from service.inference.export import export_model
@@ -214,7 +214,17 @@ async def _uploaded_files(request: Request, max_instances: int) -> list[tuple[st
             raise PayloadTooLarge(f"a part of the upload is too large ({detail})") from exc
         raise InvalidRequest.for_fields([("body", f"malformed multipart body ({detail})")]) from exc
     try:
-        uploads = [v for v in form.getlist("files") if isinstance(v, UploadFile)]
+        parts = form.getlist("files")
+        # A part without a file name arrives as text (curl -F 'files=<x.png'): refused by its
+        # place, not skipped, or the answer would leave out an image without saying so.
+        texts = [i for i, v in enumerate(parts) if not isinstance(v, UploadFile)]
+        if texts:
+            reason = (
+                "came as a text field, without a file name; send each image as a file "
+                "(curl -F files=@image.png)"
+            )
+            raise InvalidRequest.for_fields([(f"files[{i}]", reason) for i in texts])
+        uploads = [v for v in parts if isinstance(v, UploadFile)]
         others = sorted({k for k in form if k != "files"})
         if not uploads:
             reason = "upload one or more images in the multipart field 'files'"
@@ -340,7 +350,7 @@ async def predict(model_id: ModelId, request: Request) -> JSONResponse:
             seed = _one_of("seed", seed, _body_int(payload, "seed", 0, SEED_MAX))
         elif content_type in NPY_TYPES:
             body = await read_limited(request, settings.max_upload_bytes)
-            images = list(decode_npy(body, "body", max_images=max_instances))
+            images = await serving.decode_npy_body(loaded, body, max_images=max_instances)
         else:
             raise UnsupportedMediaType(
                 f"content type {content_type!r} is not accepted; send multipart/form-data "
@@ -348,6 +358,8 @@ async def predict(model_id: ModelId, request: Request) -> JSONResponse:
             )
     except InvalidInput as exc:
         raise InvalidRequest.for_fields([(exc.field, exc.reason)]) from exc
+    except DecodeBusy as exc:
+        raise Overloaded(str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
 
     if mc_dropout is not None:
         return await _predict_mc(serving, loaded, images, mc_dropout, seed)

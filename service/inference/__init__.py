@@ -2,7 +2,7 @@
 off (or MC dropout on request), export.
 
 Knows no SQL and no HTTP framework; the API routers map ``InvalidInput`` to 422 (v2: 400),
-``ModelNotAvailable`` to 404/409 and ``QueueFull`` to 503 with Retry-After.
+``ModelNotAvailable`` to 404/409 and ``QueueFull`` (or ``DecodeBusy``) to 503 with Retry-After.
 """
 
 from service.inference.arrays import decode_npy, is_npy, pixel_images, tensor_pixels
@@ -12,13 +12,14 @@ from service.inference.errors import InvalidInput, ModelNotAvailable
 from service.inference.images import MAX_SIDE, decode_image
 from service.inference.instances import parse_instances
 from service.inference.predictor import MAX_MC_PASSES, Inputs, LoadedModel, Prediction
-from service.inference.serving import Serving
+from service.inference.serving import DecodeBusy, Serving
 
 __all__ = [
     "MAX_MC_PASSES",
     "MAX_SIDE",
     "Batcher",
     "BatchStats",
+    "DecodeBusy",
     "Inputs",
     "InvalidInput",
     "LoadedModel",

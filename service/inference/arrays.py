@@ -54,6 +54,13 @@ def decode_npy(data: bytes, field: str, *, max_images: int) -> np.ndarray:
         raise InvalidInput(field, "not a .npy array")
     if array.ndim == 2:
         array = array[None]
+    if array.ndim == 3 and array.shape[2] in (3, 4) and array.shape[1] > 4:
+        # (H, W, 3): one color image, which (N, H, W) would read as H images 3 pixels wide.
+        raise InvalidInput(
+            field,
+            f"shape {tuple(array.shape)} looks like one color image (H, W, channels); send "
+            "gray images: (H, W), (N, H, W) or (N, 1, H, W)",
+        )
     return pixel_images(array, field, max_images=max_images)
 
 

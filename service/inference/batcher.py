@@ -97,6 +97,7 @@ class Batcher:
         max_delay: float = 0.002,
         max_queue: int = 1024,
         executor: Executor | None = None,
+        stats: BatchStats | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_delay < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, max_delay >= 0")
@@ -105,7 +106,8 @@ class Batcher:
         self.max_delay = float(max_delay)
         self.max_queue = int(max_queue)
         self.executor = executor
-        self.stats = BatchStats()
+        # Given: counters that outlive this batcher (a model evicted and loaded again).
+        self.stats = stats if stats is not None else BatchStats()
         self._pending: deque[_Pending] = deque()
         self._queued = 0  # images waiting or running
         self._arrived: asyncio.Event | None = None

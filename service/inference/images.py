@@ -93,6 +93,17 @@ def _to_gray(im: Image.Image, field: str, *, sixteen_bit: bool) -> np.ndarray:
     return np.array(im, dtype=np.uint8)
 
 
+def header_pixels(data: bytes) -> int:
+    """The pixels decoding ``data`` would produce, from its header alone (no pixel data is
+    read): 0 for a file that decode_image refuses before decoding (unreadable, too large)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=_allowed_formats()) as im:
+            width, height = im.size
+    except Exception:  # decode_image names what is wrong
+        return 0
+    return width * height if 0 < width * height <= MAX_PIXELS else 0
+
+
 def decode_image(data: bytes, field: str, *, pixels_left: int | None = None) -> np.ndarray:
     """Decode one uploaded file; raise InvalidInput(field, ...) when it is not a usable image
     or holds more than ``pixels_left`` pixels (what its request's budget has left)."""
@@ -118,7 +129,8 @@ def decode_image(data: bytes, field: str, *, pixels_left: int | None = None) -> 
             # Predict's message; another caller (a dataset upload) catches OverPixelBudget.
             raise over_request_budget(field, f"{width}×{height}")
         try:
-            im.seek(0)  # animated images: the first frame
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)  # animated images: the first frame (a one-image SPIDER file refuses)
             sixteen_bit = _holds_16bit_samples(im)
             im.load()
             with contextlib.suppress(Exception):  # broken EXIF: keep the pixels as stored

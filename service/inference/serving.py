@@ -5,19 +5,42 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from service.inference.batcher import Batcher
+from service.inference.batcher import Batcher, BatchStats
 from service.inference.cache import ModelCache
+from service.inference.images import MAX_REQUEST_PIXELS
 from service.inference.predictor import Inputs, LoadedModel
-from service.inference.uploads import Upload, uploads_to_model_input
+from service.inference.uploads import (
+    Upload,
+    decode_cost,
+    npy_body_to_model_input,
+    uploads_to_model_input,
+)
 
 # Threads decoding uploaded files, for all requests together: each holds at most one
 # full-size image (up to ~0.2 GB while it is converted), so this bounds decoding memory.
 DECODE_THREADS = 2
+# Pixels waiting for (or in) the decode threads, all requests together. Past it a request gets
+# 503 + Retry-After rather than a wait behind the others: 20 requests of 16 blank 4096-px PNGs
+# (16 KB each) held a 28-px image back for 45 s. Two full requests' worth: some seconds.
+MAX_DECODE_BACKLOG = 2 * MAX_REQUEST_PIXELS
+DECODE_PIXELS_PER_SECOND = 50_000_000  # all threads, a 2-core machine: for Retry-After only
+
+
+class DecodeBusy(RuntimeError):
+    """The decode threads have more uploads waiting than MAX_DECODE_BACKLOG allows."""
+
+    def __init__(self, backlog: int, limit: int) -> None:
+        self.retry_after = max(1, math.ceil(backlog / DECODE_PIXELS_PER_SECOND))
+        super().__init__(
+            f"the server is decoding other uploads ({backlog:,} pixels waiting, limit "
+            f"{limit:,}); retry in {self.retry_after} s"
+        )
 
 
 class Serving:
@@ -48,8 +71,12 @@ class Serving:
         # kernels queue up anyway. Heavier one-offs (MC dropout, export) use other threads.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.decode_executor = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
+        self.decode_backlog = 0  # pixels of the uploads queued for or in the decode threads
+        self.max_decode_backlog = MAX_DECODE_BACKLOG
         self.succeeded: set[int] = set()  # job ids seen succeeded: a succeeded job never changes
         self._batchers: dict[int, tuple[LoadedModel, Batcher]] = {}
+        # Per model since the server started: kept when the cache lets the model go.
+        self._stats: dict[int, BatchStats] = {}
 
     def batcher(self, loaded: LoadedModel) -> Batcher:
         entry = self._batchers.get(loaded.job_id)
@@ -66,6 +93,7 @@ class Serving:
             max_delay=self.max_delay,
             max_queue=self.max_queue,
             executor=self.executor,
+            stats=self._stats.setdefault(loaded.job_id, BatchStats()),
         )
         self._batchers[loaded.job_id] = (loaded, batcher)
         return batcher
@@ -75,12 +103,31 @@ class Serving:
     ) -> torch.Tensor:
         """Uploaded files -> the model's input (N, 1, side, side), decoded off the event loop.
 
-        Raises ``InvalidInput`` naming ``files[i]``."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.decode_executor,
+        Raises ``InvalidInput`` naming ``files[i]``, ``DecodeBusy``."""
+        return await self._decode(
+            decode_cost(uploads),
             lambda: uploads_to_model_input(loaded, uploads, max_images=max_images),
         )
+
+    async def decode_npy_body(
+        self, loaded: LoadedModel, body: bytes, *, max_images: int
+    ) -> torch.Tensor:
+        """A whole-body .npy array -> the model's input, off the event loop, as files are.
+
+        Raises ``InvalidInput`` naming ``body``, ``DecodeBusy``."""
+        return await self._decode(
+            len(body), lambda: npy_body_to_model_input(loaded, body, max_images=max_images)
+        )
+
+    async def _decode(self, cost: int, work: Callable[[], torch.Tensor]) -> torch.Tensor:
+        # One request alone is always taken, whatever its cost (its own limits bound it).
+        if self.decode_backlog and self.decode_backlog + cost > self.max_decode_backlog:
+            raise DecodeBusy(self.decode_backlog, self.max_decode_backlog)
+        self.decode_backlog += cost
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.decode_executor, work)
+        finally:
+            self.decode_backlog -= cost
 
     async def probabilities(
         self,
@@ -121,10 +168,14 @@ class Serving:
             "models_loaded": len(self.cache),
             "cache_bytes": self.cache.nbytes(),
             "models": {
-                str(job_id): {"queued": b.queued, **b.stats.as_dict()}
-                for job_id, (_, b) in self._batchers.items()
+                str(job_id): {"queued": self._queued(job_id), **stats.as_dict()}
+                for job_id, stats in self._stats.items()
             },
         }
+
+    def _queued(self, job_id: int) -> int:
+        entry = self._batchers.get(job_id)
+        return entry[1].queued if entry is not None else 0
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

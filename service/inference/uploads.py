@@ -17,11 +17,43 @@ import torch
 
 from service.inference.arrays import decode_npy, is_npy
 from service.inference.errors import InvalidInput
-from service.inference.images import MAX_REQUEST_PIXELS, decode_image, over_request_budget
+from service.inference.images import (
+    MAX_REQUEST_PIXELS,
+    decode_image,
+    header_pixels,
+    over_request_budget,
+)
 from service.inference.predictor import LoadedModel
 
 # An upload: its file name (None when the client gave none) and its bytes.
 Upload = tuple[str | None, bytes]
+
+
+# A .npy array is prepared this many pixels at a time: its images' float copies stay small.
+NPY_CHUNK_PIXELS = 4_000_000
+
+
+def decode_cost(uploads: Sequence[Upload]) -> int:
+    """What decoding ``uploads`` costs, in pixels read from the image headers (a .npy file: its
+    bytes), at most what one request may decode (``MAX_REQUEST_PIXELS``). Cheap: nothing is
+    decompressed, so the event loop can ask before queueing the work."""
+    total = 0
+    for filename, data in uploads:
+        total += len(data) if is_npy(data, filename) else header_pixels(data)
+        if total >= MAX_REQUEST_PIXELS:
+            return MAX_REQUEST_PIXELS
+    return total
+
+
+def npy_body_to_model_input(loaded: LoadedModel, body: bytes, *, max_images: int) -> torch.Tensor:
+    """float32 (N, 1, side, side) for a whole-body .npy array; InvalidInput names ``body``.
+    Like files, its images reach the model's input side a few at a time, so a stack of large
+    arrays never waits in the batcher (or is converted to float) at full size."""
+    pixels = decode_npy(body, "body", max_images=max_images)
+    step = max(1, NPY_CHUNK_PIXELS // (pixels.shape[1] * pixels.shape[2]))
+    return torch.cat(
+        [loaded.prepare_pixels(pixels[i : i + step]) for i in range(0, len(pixels), step)]
+    )
 
 
 def uploads_to_model_input(

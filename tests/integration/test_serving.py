@@ -107,6 +107,11 @@ def test_npy_uploads_give_the_json_answer(client: httpx.Client, models: dict[str
         422,
         "files[0]",
     )
+    # a part without a file name (curl -F 'files=<x.png') is text: named, not skipped
+    png = ("c.png", png_bytes(images[2]), "image/png")
+    text_part = client.post(url, data={"files": "boot.pgm"}, files=[("files", png)])
+    _assert_v1_error(text_part, 422, "files[0]")
+    assert "without a file name" in text_part.json()["error"]["message"], text_part.text
 
 
 def test_mc_dropout_reproducible_with_seed(client: httpx.Client, models: dict[str, int]) -> None:

@@ -197,6 +197,8 @@ def test_decode_npy_shapes_and_dtypes() -> None:
         (_npy(np.zeros((5, 28, 28), dtype=np.uint8)), "at most 4"),
         (_npy(np.zeros((28, 28), dtype=np.uint8))[:-10], ".npy"),
         (_npy(np.zeros((28, 28), dtype=np.uint8)) + b"tail", "4 unexpected byte(s)"),
+        (_npy(np.zeros((28, 28, 3), dtype=np.uint8)), "looks like one color image"),
+        (_npy(np.zeros((20, 30, 4), dtype=np.uint8)), "looks like one color image"),
         (_npy(np.zeros((28, 28), dtype=np.float64)) + b"\0", "1 unexpected byte(s)"),
     ],
 )

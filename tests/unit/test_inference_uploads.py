@@ -18,6 +18,7 @@ from PIL import Image
 from service.api.params import decimal_int
 from service.inference import (
     Batcher,
+    DecodeBusy,
     InvalidInput,
     ModelCache,
     QueueFull,
@@ -182,6 +183,109 @@ def test_decoding_leaves_the_event_loop_free(cache: ModelCache, blank_full_size_
     finally:
         serving.close()
     assert worst_lag < max(0.3, took / 3), (took, worst_lag)
+
+
+def test_decode_cost_reads_headers_only(blank_full_size_png: bytes) -> None:
+    png = _encode(Image.fromarray(_pixels(1, side=64)[0]), "PNG")
+    array = _npy(_pixels(2))
+    assert uploads.decode_cost([(None, png), ("a.npy", array)]) == 64 * 64 + len(array)
+    assert uploads.decode_cost([(None, blank_full_size_png)]) == MAX_PIXELS
+    assert uploads.decode_cost([(None, b"not an image"), (None, b"")]) == 0  # refused at once
+    many = [(None, blank_full_size_png)] * 40
+    assert uploads.decode_cost(many) == uploads.MAX_REQUEST_PIXELS  # what one request decodes
+
+
+def test_decode_backlog_answers_busy_instead_of_a_long_wait(cache: ModelCache) -> None:
+    """Uploads queue for 2 decode threads; past the backlog bound a request gets DecodeBusy (the
+    API's 503 + Retry-After) at once, and one request alone is always taken."""
+    serving = Serving(cache)
+    serving.max_decode_backlog = 100
+    gate = threading.Event()
+
+    def held() -> torch.Tensor:
+        gate.wait(10)
+        return torch.zeros(1, 1, 28, 28)
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(serving._decode(80, held))
+        await asyncio.sleep(0.05)
+        assert serving.decode_backlog == 80
+        second = asyncio.ensure_future(serving._decode(20, held))  # 100: still within
+        await asyncio.sleep(0.05)
+        with pytest.raises(DecodeBusy) as info:
+            await serving._decode(1, held)
+        assert info.value.retry_after >= 1 and "retry in" in str(info.value)
+        gate.set()
+        await asyncio.gather(first, second)
+        assert serving.decode_backlog == 0
+        huge = await serving._decode(10_000, lambda: torch.ones(1))  # alone: taken
+        assert float(huge) == 1.0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        gate.set()
+        serving.close()
+
+
+def test_an_npy_body_is_prepared_a_few_images_at_a_time(
+    cache: ModelCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same numbers as the batcher's preprocessing, but never a float copy of the whole
+    stack: its images reach the model's side NPY_CHUNK_PIXELS at a time."""
+    loaded = cache.get(2)
+    stack = _pixels(6, side=300, seed=4)
+    expected = loaded.prepare(list(stack))
+    monkeypatch.setattr(uploads, "NPY_CHUNK_PIXELS", 2 * 300 * 300)
+    sizes: list[int] = []
+    prepare = loaded.prepare_pixels
+
+    def counted(pixels: np.ndarray) -> torch.Tensor:
+        sizes.append(len(pixels))
+        return prepare(pixels)
+
+    monkeypatch.setattr(loaded, "prepare_pixels", counted)
+    got = uploads.npy_body_to_model_input(loaded, _npy(stack), max_images=256)
+    assert got.shape == (6, 1, 28, 28) and torch.equal(got, expected)
+    assert sizes == [2, 2, 2]
+    with pytest.raises(InvalidInput) as info:
+        uploads.npy_body_to_model_input(loaded, b"junk", max_images=256)
+    assert info.value.field == "body"
+
+
+def test_stats_outlive_the_cache_letting_a_model_go(tmp_path: Path) -> None:
+    """/v2/models/{id}/stats counts since the server started, also across an eviction."""
+    save_model(tmp_path, 1, "softmax", CLASSES)
+    save_model(tmp_path, 2, "softmax", CLASSES)
+    serving = Serving(ModelCache(tmp_path, max_models=1))
+    images = _pixels(1)
+
+    async def predict(job_id: int) -> None:
+        await serving.probabilities(serving.cache.get(job_id), images)
+
+    async def scenario() -> None:
+        await predict(1)
+        await predict(2)  # evicts model 1 from the cache of one
+        await predict(2)  # a new batcher: model 1's goes
+        assert serving.cache.loaded_job_ids() == [2]
+        models = serving.stats()["models"]
+        assert models["1"]["requests"] == 1 and models["2"]["requests"] == 2, models
+        assert models["1"]["queued"] == 0
+        await predict(1)
+        assert serving.stats()["models"]["1"]["requests"] == 2
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        serving.close()
+
+
+def test_a_one_image_spider_file_is_read(tmp_path: Path) -> None:
+    """Pillow reads SPIDER; seeking to frame 0 of a one-image file raised EOFError."""
+    pixels = _pixels(1, side=20)[0]
+    path = tmp_path / "x.spi"
+    Image.fromarray(pixels.astype(np.float32)).save(path, "SPIDER")
+    assert np.array_equal(decode_image(path.read_bytes(), "files[0]"), pixels)
 
 
 def test_model_input_keeps_request_order_across_prepared_and_pixel_inputs(
