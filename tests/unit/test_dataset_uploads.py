@@ -97,6 +97,25 @@ def test_npz_refusals() -> None:
     refused("file", "'images' and 'labels'", parse_npz, npz_bytes(x=good), LIMIT)
     refused("file", "one per image", parse_npz, npz_bytes(images=good, labels=labels[:5]), LIMIT)
     refused("file", "0..C-1", parse_npz, npz_bytes(images=good, labels=labels - 1), LIMIT)
+    # with a test set, the same checks run on four arrays: the message names the wrong one
+    test = {"test_images": good[:5], "test_labels": labels[:5]}
+    nan = np.full((5, 10, 10), np.nan)
+    refused(
+        "file",
+        "'test_images': images contain NaN",
+        parse_npz,
+        npz_bytes(images=good, labels=labels, **{**test, "test_images": nan}),
+        LIMIT,
+    )
+    refused(
+        "file",
+        "'test_labels': labels must be 0..C-1",
+        parse_npz,
+        npz_bytes(images=good, labels=labels, **{**test, "test_labels": labels[:5] - 1}),
+        LIMIT,
+    )
+    refused("file", "'labels': expected 20 labels", parse_npz,
+            npz_bytes(images=good, labels=labels[:5], **test), LIMIT)  # fmt: skip
     refused(
         "file", "at least 2 classes", parse_npz, npz_bytes(images=good, labels=0 * labels), LIMIT
     )
