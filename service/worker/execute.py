@@ -126,7 +126,11 @@ def execute_job(
                 raise TrainingCancelled("stopped while the database was unreachable") from None
             raise  # ends the training: see database_lost below
         if not written:
+            # Another worker owns the job now. Stop here, before fit writes this epoch's
+            # checkpoint to the shared path: the new owner would resume after an epoch whose
+            # row was never written, and the job would end with that row missing.
             lost.set()
+            raise TrainingCancelled(f"lease lost at epoch {metrics.epoch}")
 
     def save_and_share(path: Path, state: dict[str, Any]) -> None:
         # With TRAINSERVE_ARTIFACT_URL, another machine that takes the job over resumes from it.

@@ -212,3 +212,24 @@ def test_the_catch_all_tells_a_database_error_from_a_training_crash(
     assert _run(engine, settings, crashed) == Outcome.FINISHED
     job = _job(engine, crashed.id)
     assert (job.status, job.error) == ("failed", "training crashed: RuntimeError: boom")
+
+
+def test_a_lease_lost_at_an_epoch_stops_before_that_epoch_is_checkpointed(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row of epoch 2 is refused (another worker took the job over): no checkpoint of
+    epoch 2 may follow, or the new owner resumes after a row that was never written."""
+    import torch
+
+    claimed = _submit_and_claim(engine)
+    real = queue.record_epoch
+
+    def taken_over_at_2(engine: Engine, job_id: int, token: str, metrics: dict[str, Any]) -> bool:
+        return False if metrics["epoch"] >= 2 else real(engine, job_id, token, metrics)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(queue, "record_epoch", taken_over_at_2)
+        assert _run(engine, settings, claimed) == Outcome.LEASE_LOST
+    state = torch.load(checkpoint_path(settings.resolved_artifact_dir, claimed.id))
+    assert state["epoch"] == 1  # the last epoch whose row was written
+    assert _job(engine, claimed.id).epochs_done == 1
