@@ -21,7 +21,7 @@ from service.config import (
     get_settings,
     unknown_variables,
 )
-from service.db import check_database
+from service.db import check_database, shown_url
 from service.deployment import check_artifact_owner
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
     pool.start()
     try:
         log = logging.getLogger("trainserve")
-        log.info("database %s", settings.resolved_database_url)
+        log.info("database %s", shown_url(settings.resolved_database_url))
         log.info("artifacts %s", settings.resolved_artifact_dir)
         # The pool stops in the app's shutdown: uvicorn re-raises SIGTERM/SIGINT after a
         # graceful shutdown, so code after uvicorn.run may never run.
@@ -132,7 +132,7 @@ def _default_device() -> str:
 def _migrate(_: argparse.Namespace) -> int:
     settings = get_settings()
     migrate(settings)
-    print(f"database at the newest schema: {settings.resolved_database_url}")
+    print(f"database at the newest schema: {shown_url(settings.resolved_database_url)}")
     return 0
 
 

@@ -17,6 +17,16 @@ POOL_SIZE = 10
 POOL_OVERFLOW = 40
 
 
+def shown_url(url: str) -> str:
+    """The database URL as it may be printed or logged: its password as ***."""
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url  # not a URL: it holds no password to hide
+
+
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -100,7 +110,7 @@ def check_database(url: str) -> Engine:
             f"{DATABASE_VARIABLE}: {exc}; e.g. postgresql+psycopg://user@host:5432/db "
             "or sqlite:///var/trainserve.db"
         ) from None
-    shown = parsed.render_as_string(hide_password=True)
+    shown = shown_url(url)
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise SettingError(

@@ -228,3 +228,19 @@ def test_an_in_memory_or_read_only_sqlite_database_stops_the_command(
     monkeypatch.setattr(config.os, "access", lambda path, mode: Path(path) != database)
     with pytest.raises(SettingError, match=f"TRAINSERVE_DATABASE_URL: cannot write to {database}"):
         check_writable(settings, artifacts=False)
+
+
+@pytest.mark.postgres
+def test_migrate_never_prints_the_database_password(
+    postgres_url: str, fresh_settings: Path, monkeypatch, capsys, caplog
+) -> None:
+    """A password in TRAINSERVE_DATABASE_URL is shown as ***, as the connection errors do
+    (trust auth on the test server: any password connects)."""
+    with_password = postgres_url.replace("postgres@", "postgres:s3cretpw@", 1)
+    assert "s3cretpw" in with_password
+    monkeypatch.setenv("TRAINSERVE_DATABASE_URL", with_password)
+    with caplog.at_level(logging.INFO):
+        assert main(["migrate"]) == 0
+    out = capsys.readouterr()
+    assert "postgres:***@" in out.out
+    assert "s3cretpw" not in out.out + out.err + caplog.text
