@@ -48,10 +48,18 @@ class LeaseKeeper(threading.Thread):
         return max(0.0, self.renewed_at + self.lease_seconds - time.monotonic())
 
     def run(self) -> None:
-        last_beat = time.monotonic()
-        while not self._done.wait(self.check_seconds):
+        # Each wait ends at the next heartbeat or check, whichever is due first. Ticking every
+        # check_seconds and beating on the first tick past heartbeat_seconds renewed late: with
+        # check 3 s and heartbeat 4 s, every 6 s, after a 5-s lease had lapsed.
+        last_beat = last_check = time.monotonic()
+        not_before = 0.0  # after a failed call: the next try waits check_seconds
+        while True:
+            due_beat = last_beat + self.heartbeat_seconds
+            due = max(min(due_beat, last_check + self.check_seconds), not_before)
+            if self._done.wait(max(0.0, due - time.monotonic())):
+                return
             try:
-                if time.monotonic() - last_beat >= self.heartbeat_seconds:
+                if time.monotonic() >= due_beat:
                     asked_at = time.monotonic()
                     state = queue.heartbeat(
                         self.engine, self.job_id, self.token, self.lease_seconds
@@ -61,7 +69,9 @@ class LeaseKeeper(threading.Thread):
                         self.renewed_at = asked_at
                 else:
                     state = queue.cancel_requested(self.engine, self.job_id, self.token)
+                last_check = time.monotonic()
             except Exception as exc:  # the database may be restarting: keep trying
+                not_before = time.monotonic() + self.check_seconds
                 if is_database_error(exc):
                     log.warning(
                         "job %s: heartbeat failed (%s); will retry", self.job_id, brief(exc)
