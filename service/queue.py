@@ -619,9 +619,14 @@ def _backoff(dialect: str, backoff_seconds: float) -> ColumnElement[Any]:
 
 
 def requeue_expired_leases(
-    engine: Engine, *, backoff_seconds: float = RETRY_BACKOFF_SECONDS
+    engine: Engine,
+    *,
+    backoff_seconds: float = RETRY_BACKOFF_SECONDS,
+    ended: list[int] | None = None,
 ) -> int:
-    """Requeue running jobs whose lease lapsed (with backoff), or fail them after max_attempts."""
+    """Requeue running jobs whose lease lapsed (with backoff), or fail them after max_attempts
+    (cancel them, if a cancel was asked); how many. ``ended`` gets the ids of the jobs this
+    ended (failed or cancelled): their checkpoints are of no more use."""
     dialect = engine.dialect.name
     now = db_now(dialect)
     expired = and_(JOBS.c.status == JobStatus.RUNNING.value, JOBS.c.lease_expires_at < now)
@@ -653,9 +658,13 @@ def requeue_expired_leases(
             lease_owner=None,
             lease_expires_at=None,
         )
+        .returning(JOBS.c.id, JOBS.c.status)
     )
     with _write(engine) as conn:
-        return conn.execute(stmt).rowcount or 0
+        rows = conn.execute(stmt).all()
+    if ended is not None:
+        ended.extend(row.id for row in rows if row.status != JobStatus.QUEUED.value)
+    return len(rows)
 
 
 # --- sweeps (API side) ---------------------------------------------------------------------

@@ -97,9 +97,12 @@ class Worker:
     def _poll_once(self) -> bool:
         """Claim and run one job; False when there was none (or the database is away)."""
         try:
+            ended: list[int] = []
             queue.requeue_expired_leases(
-                self.engine, backoff_seconds=self.settings.retry_backoff_seconds
+                self.engine, backoff_seconds=self.settings.retry_backoff_seconds, ended=ended
             )
+            for job_id in ended:  # failed or cancelled by the reaper: nothing will resume them
+                remove_checkpoint(self.artifact_dir, job_id)
             claimed = queue.claim_next_job(self.engine, self.name, self.settings.lease_seconds)
         except Exception as exc:  # database unreachable: wait and retry, never crash the loop
             self._log_database_error(exc)

@@ -966,7 +966,9 @@ def test_lease_expiry_fails_the_job_after_max_attempts(db: Db) -> None:
         assert claimed.attempt == attempt
         tokens.append(claimed.token)
         db.set(job_id, lease_expires_at=PAST)
-        assert requeue_expired_leases(db.engine) == 1
+        ended: list[int] = []
+        assert requeue_expired_leases(db.engine, ended=ended) == 1
+        assert ended == ([] if attempt == 1 else [job_id])  # requeued, then failed
     job = db.job(job_id)
     assert job.status == "failed"
     assert job.attempts == 2
@@ -985,7 +987,8 @@ def test_cancel_requested_job_whose_lease_expires_is_cancelled(db: Db) -> None:
     with db.sessions() as session:
         cancel_job(session, job_id)
     db.set(job_id, lease_expires_at=PAST)
-    assert requeue_expired_leases(db.engine) == 1
+    ended: list[int] = []
+    assert requeue_expired_leases(db.engine, ended=ended) == 1 and ended == [job_id]
     job = db.job(job_id)
     assert job.status == "cancelled"
     assert job.finished_at is not None

@@ -234,3 +234,24 @@ def test_the_lease_keeper_knows_how_long_the_lease_could_still_be_ours(
         assert not keeper.lost.is_set()  # which is not the lease being taken
     finally:
         keeper.stop()
+
+
+def test_the_reaper_removes_the_checkpoints_of_jobs_it_ends(worker: Worker) -> None:
+    """A dead worker's job that the reaper fails (attempts used up) or cancels (a cancel was
+    asked) will never resume: the polling worker deletes its checkpoint; a requeued one keeps
+    its own."""
+    out_of_attempts = _running_job_with_checkpoint(worker, max_attempts=1)
+    cancelled = _running_job_with_checkpoint(worker)
+    _cancel(worker, cancelled.id)
+    requeued = _running_job_with_checkpoint(worker)
+    with worker.engine.begin() as conn:  # every lease lapsed
+        conn.exec_driver_sql("UPDATE jobs SET lease_expires_at = '2000-01-01 00:00:00'")
+    worker.settings.retry_backoff_seconds = 3600  # the requeued job is not claimed again here
+    worker._wait_for_work = lambda: None  # type: ignore[method-assign]
+    assert worker._poll_once() is False  # reaped; nothing to claim
+    assert [_status(worker, c.id) for c in (out_of_attempts, cancelled, requeued)] == [
+        "failed", "cancelled", "queued"
+    ]  # fmt: skip
+    assert not checkpoint_path(worker.artifact_dir, out_of_attempts.id).exists()
+    assert not checkpoint_path(worker.artifact_dir, cancelled.id).exists()
+    assert checkpoint_path(worker.artifact_dir, requeued.id).exists()  # it resumes from it
