@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -11,6 +13,7 @@ from fastapi import FastAPI
 from service.api import catalog, datasets, health, jobs, sweeps, trained_models, v2
 from service.api.head_requests import HeadAsGet
 from service.api.json_body_limit import JsonBodyLimit
+from service.api.reaper import reap_forever
 from service.config import Settings, check_inference_device, get_settings
 from service.db import make_engine, make_session_factory
 from service.errors import install_error_handlers
@@ -36,7 +39,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        reaper = asyncio.create_task(reap_forever(engine, settings))
         yield
+        reaper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reaper
         if on_shutdown is not None:
             await anyio.to_thread.run_sync(on_shutdown)
 
