@@ -142,10 +142,16 @@ def _parse(
     if fmt == "idx" or (fmt is None and files.keys() & {"images", "labels"}):
         if "file" in files:
             given = " + ".join(f"'{k}'" for k in ("images", "labels") if k in files)
+            if not given:  # format idx with one 'file': the format is what does not fit
+                raise UploadError(
+                    "format",
+                    "'idx' is two files, 'images' and 'labels'; a single 'file' is npz, zip "
+                    "or csv (leave format out to read it from the file)",
+                )
             raise UploadError(
                 "file",
-                f"'file' and {given or 'an IDX pair'} cannot be sent together: send either "
-                "'file' or the IDX pair 'images' + 'labels'",
+                f"'file' and {given} cannot be sent together: send either 'file' or the IDX "
+                "pair 'images' + 'labels'",
             )
         for part in ("images", "labels"):
             if part not in files:

@@ -532,6 +532,9 @@ def test_file_and_an_idx_pair_are_refused_together_naming_them() -> None:
     files = {"file": b"1,2\n", **idx_pair_files()}
     refused("file", r"'file' and 'images' \+ 'labels' cannot be sent together", _parse,
             files, {}, {}, LIMIT)  # fmt: skip
+    # format idx with one 'file' and no pair: the format is what does not fit
+    refused("format", "'idx' is two files", _parse, {"file": b"1,2\n"}, {"format": "idx"}, {},
+            LIMIT)  # fmt: skip
 
 
 def test_a_name_over_100_characters_is_refused_naming_it() -> None:
