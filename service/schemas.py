@@ -309,6 +309,8 @@ class JobCreate(BaseModel):
             raise ValueError(f"must be an integer, not {json.dumps(value)}")
         if bool in types and not isinstance(value, bool):
             raise ValueError(f"must be true or false, not {json.dumps(value)}")
+        if isinstance(value, float) and value == 0:
+            return 0.0  # -0.0 (a computed zero) is stored and shown as 0.0
         return value
 
     @field_validator("model")

@@ -227,3 +227,10 @@ def test_examples_of_the_whole_set_or_more_are_stored_as_all() -> None:
             strict=True,
         )
     )
+
+
+def test_a_negative_zero_is_stored_as_zero() -> None:
+    job = JobCreate.model_validate({"model": "lenet", "weight_decay": -0.0, "dropout": -0.0})
+    config, found = job.resolve(None)
+    assert not found
+    assert str(config.weight_decay) == "0.0" and str(config.dropout) == "0.0"  # not "-0.0"
