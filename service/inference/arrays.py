@@ -54,8 +54,9 @@ def decode_npy(data: bytes, field: str, *, max_images: int) -> np.ndarray:
         raise InvalidInput(field, "not a .npy array")
     if array.ndim == 2:
         array = array[None]
-    if array.ndim == 3 and array.shape[2] in (3, 4) and array.shape[1] > 4:
+    if array.ndim == 3 and array.shape[2] in (3, 4) and min(array.shape[:2]) >= 8:
         # (H, W, 3): one color image, which (N, H, W) would read as H images 3 pixels wide.
+        # Only from 8 px a side: (1, 28, 3) is one image 3 px wide, as its N of 1 says.
         raise InvalidInput(
             field,
             f"shape {tuple(array.shape)} looks like one color image (H, W, channels); send "

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from service.inference.arrays import decode_npy
 from service.inference.batcher import Batcher, BatchStats
 from service.inference.cache import ModelCache
 from service.inference.images import MAX_REQUEST_PIXELS
@@ -28,8 +29,16 @@ DECODE_THREADS = 2
 # Pixels waiting for (or in) the decode threads, all requests together. Past it a request gets
 # 503 + Retry-After rather than a wait behind the others: 20 requests of 16 blank 4096-px PNGs
 # (16 KB each) held a 28-px image back for 45 s. Two full requests' worth: some seconds.
+# (A .npy file counts its bytes: as many as its pixels in uint8, more in wider dtypes.)
 MAX_DECODE_BACKLOG = 2 * MAX_REQUEST_PIXELS
-DECODE_PIXELS_PER_SECOND = 50_000_000  # all threads, a 2-core machine: for Retry-After only
+# The rate the backlog drained at in a probe (2 cores, blank 4096-px PNGs): for Retry-After only.
+DECODE_PIXELS_PER_SECOND = 150_000_000
+# Files up to this many bytes in all have their headers read on the event loop (a 28-px PNG:
+# about 50 us; Pillow reads 16 KB of a pathological file in 10 ms at worst); larger, in a thread.
+PEEK_ON_LOOP_BYTES = 16384
+# A .npy body up to this size is read on the event loop, as a few 28-px images are; larger
+# ones go to the decode threads (32 at 4096 px each held 4.5 GB waiting full-size).
+NPY_INLINE_BYTES = 1 << 20
 
 
 class DecodeBusy(RuntimeError):
@@ -71,6 +80,9 @@ class Serving:
         # kernels queue up anyway. Heavier one-offs (MC dropout, export) use other threads.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.decode_executor = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
+        # Reads the headers of large uploads (decode_cost): bounded work per request, apart
+        # from the decode threads, so that it never waits behind the decoding it gates.
+        self.peek_executor = ThreadPoolExecutor(1, thread_name_prefix="peek")
         self.decode_backlog = 0  # pixels of the uploads queued for or in the decode threads
         self.max_decode_backlog = MAX_DECODE_BACKLOG
         self.succeeded: set[int] = set()  # job ids seen succeeded: a succeeded job never changes
@@ -104,17 +116,23 @@ class Serving:
         """Uploaded files -> the model's input (N, 1, side, side), decoded off the event loop.
 
         Raises ``InvalidInput`` naming ``files[i]``, ``DecodeBusy``."""
+        if sum(len(data) for _, data in uploads) <= PEEK_ON_LOOP_BYTES:
+            cost = decode_cost(uploads)  # a few small files: cheaper than a thread hop
+        else:  # header reading can take milliseconds per file: never on the event loop
+            loop = asyncio.get_running_loop()
+            cost = await loop.run_in_executor(self.peek_executor, decode_cost, uploads)
         return await self._decode(
-            decode_cost(uploads),
-            lambda: uploads_to_model_input(loaded, uploads, max_images=max_images),
+            cost, lambda: uploads_to_model_input(loaded, uploads, max_images=max_images)
         )
 
-    async def decode_npy_body(
-        self, loaded: LoadedModel, body: bytes, *, max_images: int
-    ) -> torch.Tensor:
-        """A whole-body .npy array -> the model's input, off the event loop, as files are.
+    async def decode_npy_body(self, loaded: LoadedModel, body: bytes, *, max_images: int) -> Inputs:
+        """A whole-body .npy array -> its images. A small one is read here and waits in the
+        batcher as pixels (prepared with its batch, the cheap path); a large one is brought to
+        the model's input in a decode thread, a few images at a time, as files are.
 
         Raises ``InvalidInput`` naming ``body``, ``DecodeBusy``."""
+        if len(body) <= NPY_INLINE_BYTES:
+            return list(decode_npy(body, "body", max_images=max_images))
         return await self._decode(
             len(body), lambda: npy_body_to_model_input(loaded, body, max_images=max_images)
         )
@@ -180,3 +198,4 @@ class Serving:
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.decode_executor.shutdown(wait=False, cancel_futures=True)
+        self.peek_executor.shutdown(wait=False, cancel_futures=True)

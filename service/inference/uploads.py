@@ -11,6 +11,7 @@ loop must not wait on.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
@@ -18,6 +19,7 @@ import torch
 from service.inference.arrays import decode_npy, is_npy
 from service.inference.errors import InvalidInput
 from service.inference.images import (
+    MAX_PIXELS,
     MAX_REQUEST_PIXELS,
     decode_image,
     header_pixels,
@@ -33,13 +35,19 @@ Upload = tuple[str | None, bytes]
 NPY_CHUNK_PIXELS = 4_000_000
 
 
-def decode_cost(uploads: Sequence[Upload]) -> int:
-    """What decoding ``uploads`` costs, in pixels read from the image headers (a .npy file: its
-    bytes), at most what one request may decode (``MAX_REQUEST_PIXELS``). Cheap: nothing is
-    decompressed, so the event loop can ask before queueing the work."""
+def decode_cost(uploads: Sequence[Upload], *, budget_seconds: float = 0.05) -> int:
+    """What decoding ``uploads`` costs, in pixels read from the image headers, at most what one
+    request may decode (``MAX_REQUEST_PIXELS``). Where no header is read (a .npy file, a file
+    whose header Pillow does not find in its first bytes, or once ``budget_seconds`` of header
+    reading is spent on this request), its size in bytes stands in, up to one full image:
+    nothing is ever decompressed here."""
     total = 0
+    deadline = time.perf_counter() + budget_seconds
     for filename, data in uploads:
-        total += len(data) if is_npy(data, filename) else header_pixels(data)
+        pixels = None
+        if not is_npy(data, filename) and time.perf_counter() < deadline:
+            pixels = header_pixels(data)
+        total += min(len(data), MAX_PIXELS) if pixels is None else pixels
         if total >= MAX_REQUEST_PIXELS:
             return MAX_REQUEST_PIXELS
     return total

@@ -177,6 +177,11 @@ def test_decode_npy_shapes_and_dtypes() -> None:
         out = decode_npy(_npy(array), "files[0]", max_images=10)
         assert out.shape == (3, 28, 28) and out.dtype == np.uint8
         assert np.array_equal(out, images)
+    # an N of 1, or a side under 8 px, says these are gray images 3 or 4 px wide, not colors
+    assert decode_npy(_npy(np.zeros((1, 28, 3), np.uint8)), "body", max_images=1).shape == (
+        1, 28, 3
+    )  # fmt: skip
+    assert decode_npy(_npy(np.zeros((5, 4, 3), np.uint8)), "body", max_images=9).shape == (5, 4, 3)
     single = decode_npy(_npy(images[0]), "body", max_images=1)
     assert single.shape == (1, 28, 28)
     fractional = decode_npy(_npy(images[:1] // 2 + np.float32(0.5)), "body", max_images=1)
@@ -199,6 +204,7 @@ def test_decode_npy_shapes_and_dtypes() -> None:
         (_npy(np.zeros((28, 28), dtype=np.uint8)) + b"tail", "4 unexpected byte(s)"),
         (_npy(np.zeros((28, 28, 3), dtype=np.uint8)), "looks like one color image"),
         (_npy(np.zeros((20, 30, 4), dtype=np.uint8)), "looks like one color image"),
+        (_npy(np.zeros((1, 4097, 4), dtype=np.uint8)), "4096"),  # too large, not "color"
         (_npy(np.zeros((28, 28), dtype=np.float64)) + b"\0", "1 unexpected byte(s)"),
     ],
 )

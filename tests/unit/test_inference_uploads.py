@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+import time
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -190,9 +192,26 @@ def test_decode_cost_reads_headers_only(blank_full_size_png: bytes) -> None:
     array = _npy(_pixels(2))
     assert uploads.decode_cost([(None, png), ("a.npy", array)]) == 64 * 64 + len(array)
     assert uploads.decode_cost([(None, blank_full_size_png)]) == MAX_PIXELS
-    assert uploads.decode_cost([(None, b"not an image"), (None, b"")]) == 0  # refused at once
+    # no header in its first bytes: its size in bytes stands in
+    assert uploads.decode_cost([(None, b"not an image"), (None, b"")]) == len(b"not an image")
     many = [(None, blank_full_size_png)] * 40
     assert uploads.decode_cost(many) == uploads.MAX_REQUEST_PIXELS  # what one request decodes
+
+
+def test_decode_cost_reads_a_bounded_prefix_within_a_time_budget() -> None:
+    """Pillow parsed an 18 MB PNG of empty text chunks for 7 s looking for its data: only the
+    first HEADER_PREFIX_BYTES are read, and past the budget sizes in bytes stand in."""
+    png = _encode(Image.fromarray(_pixels(1)[0]), "PNG")
+    empty_text = b"\x00\x00\x00\x00tEXt" + zlib.crc32(b"tEXt").to_bytes(4, "big")
+    stuffed = png[:33] + empty_text * 400_000 + png[33:]  # IHDR, then 4.8 MB of chunks
+    started = time.perf_counter()
+    # Pillow wants the chunks up to the image data: past the prefix, its bytes stand in
+    assert uploads.decode_cost([(None, stuffed)]) == len(stuffed)
+    no_header = b"P5 " + b" " * 5_000_000  # a PNM whose size never comes
+    assert uploads.decode_cost([(None, no_header)]) == len(no_header)
+    assert time.perf_counter() - started < 1.0
+    over_budget = uploads.decode_cost([(None, png)] * 3, budget_seconds=0)
+    assert over_budget == 3 * len(png)  # no header read at all
 
 
 def test_decode_backlog_answers_busy_instead_of_a_long_wait(cache: ModelCache) -> None:
