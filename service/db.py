@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -17,14 +17,18 @@ POOL_SIZE = 10
 POOL_OVERFLOW = 40
 
 
-def shown_url(url: str) -> str:
-    """The database URL as it may be printed or logged: its password as ***."""
+def shown_url(url: str | URL) -> str:
+    """The database URL as it may be printed or logged: its password as ***, also one given as
+    a query parameter (libpq's ?password=)."""
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
-        return url  # not a URL: it holds no password to hide
+        return str(url)  # not a URL: it holds no password to hide
+    if "password" in parsed.query:
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
 
 
 def make_engine(url: str) -> Engine:

@@ -209,8 +209,12 @@ def _same_config(state: dict[str, Any], config: TrainConfig) -> bool:
 SaveCheckpoint = Callable[[Path, dict[str, Any]], None]
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temp file in the same directory, fsync, atomic rename."""
+def save_checkpoint(
+    path: Path, state: dict[str, Any], *, still_wanted: Callable[[], bool] = lambda: True
+) -> bool:
+    """torch.save to a temp file in the same directory, fsync, atomic rename; whether it was
+    put in place. ``still_wanted`` is asked just before the rename: a write that outlived the
+    run's lease (a slow disk) must not replace, or outlast, the new owner's checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -219,10 +223,14 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        if not still_wanted():
+            Path(tmp).unlink(missing_ok=True)
+            return False
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return True
 
 
 def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any] | None:

@@ -133,9 +133,12 @@ def execute_job(
             raise TrainingCancelled(f"lease lost at epoch {metrics.epoch}")
 
     def save_and_share(path: Path, state: dict[str, Any]) -> None:
-        # With TRAINSERVE_ARTIFACT_URL, another machine that takes the job over resumes from it.
-        save_checkpoint(path, state)
-        artifacts.push_checkpoint(artifact_dir, job_id)
+        # Not once the lease is lost: a write still in flight then (a slow disk) would land after
+        # the new owner's, or after it finished and removed the file, and stay there.
+        if save_checkpoint(path, state, still_wanted=lambda: not lost.is_set()):
+            # With TRAINSERVE_ARTIFACT_URL, another machine that takes the job over resumes
+            # from it.
+            artifacts.push_checkpoint(artifact_dir, job_id)
 
     datasets_dir = artifact_dir / "datasets"
     common: dict[str, Any] = {

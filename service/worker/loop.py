@@ -14,7 +14,7 @@ from multiprocessing.process import BaseProcess
 from service import queue
 from service.artifacts import remove_checkpoint
 from service.config import Settings
-from service.db import make_engine
+from service.db import make_engine, shown_url
 from service.tables import JobStatus
 from service.worker.execute import Outcome
 from service.worker.lease import LeaseKeeper
@@ -65,7 +65,7 @@ class Worker:
         return self._parent_pid is not None and os.getppid() != self._parent_pid
 
     def run(self, *, max_jobs: int | None = None) -> None:
-        log.info("worker %s on %s: polling %s", self.name, self.device, self.engine.url)
+        log.info("worker %s on %s: polling %s", self.name, self.device, shown_url(self.engine.url))
         done = 0
         try:
             while not self.stopping.is_set():

@@ -244,3 +244,9 @@ def test_migrate_never_prints_the_database_password(
     out = capsys.readouterr()
     assert "postgres:***@" in out.out
     assert "s3cretpw" not in out.out + out.err + caplog.text
+    # libpq's other form, a query parameter, is hidden too
+    monkeypatch.setenv("TRAINSERVE_DATABASE_URL", f"{postgres_url}?password=s3cretpw")
+    get_settings.cache_clear()
+    assert main(["migrate"]) == 0
+    out = capsys.readouterr()
+    assert "?password=***" in out.out and "s3cretpw" not in out.out + out.err

@@ -230,6 +230,35 @@ def test_a_lease_lost_at_an_epoch_stops_before_that_epoch_is_checkpointed(
     with monkeypatch.context() as patch:
         patch.setattr(queue, "record_epoch", taken_over_at_2)
         assert _run(engine, settings, claimed) == Outcome.LEASE_LOST
-    state = torch.load(checkpoint_path(settings.resolved_artifact_dir, claimed.id))
-    assert state["epoch"] == 1  # the last epoch whose row was written
+    ckpt = checkpoint_path(settings.resolved_artifact_dir, claimed.id)
+    # At most the last epoch whose row was written (none, if epoch 1's write was still in
+    # flight when the lease went: see the test below)
+    assert not ckpt.exists() or torch.load(ckpt)["epoch"] == 1
     assert _job(engine, claimed.id).epochs_done == 1
+
+
+def test_a_checkpoint_write_that_outlives_the_lease_is_not_put_in_place(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Epoch 1's checkpoint is still being written (a slow disk) when epoch 2's row is refused:
+    it must not land afterwards, over the new owner's checkpoint or after that owner removed
+    it at the end (a probe found such a file in a succeeded job's directory)."""
+    import torch
+
+    claimed = _submit_and_claim(engine)
+    real_record, real_save = queue.record_epoch, torch.save
+
+    def taken_over_at_2(engine: Engine, job_id: int, token: str, metrics: dict[str, Any]) -> bool:
+        return False if metrics["epoch"] >= 2 else real_record(engine, job_id, token, metrics)
+
+    def slow_save(*args: Any, **kwargs: Any) -> None:
+        time.sleep(1.0)  # epoch 2 trains and is refused meanwhile
+        real_save(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(queue, "record_epoch", taken_over_at_2)
+        patch.setattr(torch, "save", slow_save)
+        assert _run(engine, settings, claimed) == Outcome.LEASE_LOST
+    ckpt = checkpoint_path(settings.resolved_artifact_dir, claimed.id)
+    assert not ckpt.exists()
+    assert not list(ckpt.parent.glob("*.tmp"))  # and its temp file is gone
