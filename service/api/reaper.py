@@ -15,8 +15,8 @@ import logging
 import anyio
 from sqlalchemy import Engine
 
-from service import artifacts, queue
 from service.config import Settings
+from service.reaping import reap_expired_leases
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +26,16 @@ def reap_period(settings: Settings) -> float:
     return min(max(settings.lease_seconds / 2, 1.0), 15.0)
 
 
-def reap_once(engine: Engine, settings: Settings) -> int:
-    """Requeue (or end) the jobs whose lease lapsed; remove the checkpoints of those it ended."""
-    ended: list[int] = []
-    count = queue.requeue_expired_leases(
-        engine, backoff_seconds=settings.retry_backoff_seconds, ended=ended
-    )
-    for job_id in ended:  # failed or cancelled: nothing will resume them
-        artifacts.remove_checkpoint(settings.resolved_artifact_dir, job_id)
-    if count:
-        log.info("requeued or ended %d job(s) whose worker stopped renewing its lease", count)
-    return count
-
-
 async def reap_forever(engine: Engine, settings: Settings) -> None:
-    """reap_once every reap_period, off the event loop, until cancelled."""
+    """reap_expired_leases every reap_period, off the event loop, until cancelled."""
     while True:
         await asyncio.sleep(reap_period(settings))
         try:
-            await anyio.to_thread.run_sync(reap_once, engine, settings)
+            await anyio.to_thread.run_sync(
+                reap_expired_leases,
+                engine,
+                settings.resolved_artifact_dir,
+                settings.retry_backoff_seconds,
+            )
         except Exception as exc:  # the database may be away: /health says so; try again later
             log.debug("lease reaper: %s", exc)

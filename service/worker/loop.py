@@ -15,6 +15,7 @@ from service import queue
 from service.artifacts import remove_checkpoint
 from service.config import Settings
 from service.db import make_engine, shown_url
+from service.reaping import reap_expired_leases
 from service.tables import JobStatus
 from service.worker.execute import Outcome
 from service.worker.lease import LeaseKeeper
@@ -97,12 +98,7 @@ class Worker:
     def _poll_once(self) -> bool:
         """Claim and run one job; False when there was none (or the database is away)."""
         try:
-            ended: list[int] = []
-            queue.requeue_expired_leases(
-                self.engine, backoff_seconds=self.settings.retry_backoff_seconds, ended=ended
-            )
-            for job_id in ended:  # failed or cancelled by the reaper: nothing will resume them
-                remove_checkpoint(self.artifact_dir, job_id)
+            reap_expired_leases(self.engine, self.artifact_dir, self.settings.retry_backoff_seconds)
             claimed = queue.claim_next_job(self.engine, self.name, self.settings.lease_seconds)
         except Exception as exc:  # database unreachable: wait and retry, never crash the loop
             self._log_database_error(exc)
