@@ -267,13 +267,13 @@ def _check_distinct(names: list[str], what: str) -> None:
         raise UploadError(what, f"class names must be distinct; {name!r} is given {times} times")
 
 
-def _in_array(name: str, test: object, check: Callable[..., np.ndarray], *args: Any) -> np.ndarray:
-    """``check(*args)``; with a test set given (an npz's four arrays), an UploadError says which
-    array it found wrong, since the same checks run on the training and the test arrays."""
+def _in_array(name: str, named: bool, check: Callable[..., np.ndarray], *args: Any) -> np.ndarray:
+    """``check(*args)``; ``named`` (an npz with a test set: four arrays), an UploadError says
+    which array it found wrong, since the same checks run on the training and the test arrays."""
     try:
         return check(*args)
     except UploadError as exc:
-        if test is None:
+        if not named:
             raise
         raise UploadError(exc.field, f"'{name}': {exc.reason}") from None
 
@@ -288,12 +288,13 @@ def _image_dataset(
     images_field: str = "file",
     labels_field: str = "file",
 ) -> ParsedDataset:
-    images = _in_array("images", test, _to_gray_uint8, images, images_field)
-    labels = _in_array("labels", test, _labels, labels, len(images), labels_field)
+    named = test is not None
+    images = _in_array("images", named, _to_gray_uint8, images, images_field)
+    labels = _in_array("labels", named, _labels, labels, len(images), labels_field)
     if test is not None:
-        test_images = _in_array("test_images", test, _to_gray_uint8, test[0], images_field)
+        test_images = _in_array("test_images", named, _to_gray_uint8, test[0], images_field)
         test_labels = _in_array(
-            "test_labels", test, _labels, test[1], len(test_images), labels_field
+            "test_labels", named, _labels, test[1], len(test_images), labels_field
         )
         if test_images.shape[1:] != images.shape[1:]:
             raise UploadError(images_field, "test images must have the training images' size")
