@@ -4,6 +4,7 @@ retries while the database is down."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -12,15 +13,31 @@ from service import queue
 from service.worker.lease import LeaseKeeper
 
 
-def _keeper(heartbeat: float, check: float) -> LeaseKeeper:
-    return LeaseKeeper(
-        None,  # type: ignore[arg-type]  # the queue's functions are replaced below
+def _run_keeper(
+    monkeypatch: pytest.MonkeyPatch,
+    beat: Callable[..., queue.Heartbeat],
+    check: Callable[..., queue.Heartbeat],
+    *,
+    heartbeat_seconds: float,
+    check_seconds: float,
+    for_seconds: float,
+) -> LeaseKeeper:
+    """A lease keeper run for ``for_seconds`` with ``beat`` and ``check`` as the queue's
+    heartbeat and cancel_requested; stopped when this returns."""
+    monkeypatch.setattr(queue, "heartbeat", beat)
+    monkeypatch.setattr(queue, "cancel_requested", check)
+    keeper = LeaseKeeper(
+        None,  # type: ignore[arg-type]  # the queue's functions are replaced above
         1,
         "token",
-        lease_seconds=heartbeat + 0.1,
-        heartbeat_seconds=heartbeat,
-        check_seconds=check,
+        lease_seconds=heartbeat_seconds + 0.1,
+        heartbeat_seconds=heartbeat_seconds,
+        check_seconds=check_seconds,
     )
+    keeper.start()
+    time.sleep(for_seconds)
+    keeper.stop()
+    return keeper
 
 
 def test_heartbeats_come_every_heartbeat_seconds_not_at_the_next_check(
@@ -39,12 +56,10 @@ def test_heartbeats_come_every_heartbeat_seconds_not_at_the_next_check(
         checks.append(time.monotonic())
         return queue.Heartbeat(lease_held=True, cancel_requested=False)
 
-    monkeypatch.setattr(queue, "heartbeat", heartbeat)
-    monkeypatch.setattr(queue, "cancel_requested", cancel_requested)
-    keeper = _keeper(heartbeat=0.4, check=0.3)
-    keeper.start()
-    time.sleep(2.1)
-    keeper.stop()
+    keeper = _run_keeper(
+        monkeypatch, heartbeat, cancel_requested,
+        heartbeat_seconds=0.4, check_seconds=0.3, for_seconds=2.1,
+    )  # fmt: skip
     gaps = [b - a for a, b in zip(beats, beats[1:], strict=False)]
     assert len(beats) >= 4 and max(gaps) < 0.5, gaps  # within the 0.5-s lease
     assert checks and keeper.seconds_left() > 0
@@ -59,11 +74,8 @@ def test_a_failing_database_is_retried_every_check_not_in_a_loop(
         calls.append(time.monotonic())
         raise OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
 
-    monkeypatch.setattr(queue, "heartbeat", down)
-    monkeypatch.setattr(queue, "cancel_requested", down)
-    keeper = _keeper(heartbeat=0.2, check=0.2)
-    keeper.start()
-    time.sleep(1.0)
-    keeper.stop()
+    keeper = _run_keeper(
+        monkeypatch, down, down, heartbeat_seconds=0.2, check_seconds=0.2, for_seconds=1.0
+    )
     assert 3 <= len(calls) <= 7, len(calls)  # about one per 0.2 s, not thousands
     assert not keeper.lost.is_set()
