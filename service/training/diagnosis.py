@@ -332,10 +332,14 @@ def diagnose(
             f"(and validation loss {last_val:.4g} is not below the training loss "
             f"{last_train:.4g})"
         )
-    if val_rise > VAL_RISE_OVERFIT and drop is not None and drop > 0:
+    # Since the best validation epoch, not over the last few: a training loss that spiked and
+    # ended above its value there did not keep falling, whatever its latest epochs did.
+    train_at_best = train[best_epoch - 1] if len(train) == len(val) else None
+    if val_rise > VAL_RISE_OVERFIT and train_at_best is not None and last_train < train_at_best:
         overfit_reasons.append(
             f"validation loss rose {100 * val_rise:.0f}% above its best ({best_val:.4g}, epoch "
-            f"{best_epoch}) while the training loss kept falling"
+            f"{best_epoch}) while the training loss kept falling ({train_at_best:.4g} to "
+            f"{last_train:.4g})"
         )
     if overfit_reasons:
         return {

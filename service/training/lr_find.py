@@ -13,7 +13,8 @@ The slope spans half a decade of lr, and the search starts only once the loss ha
 start level (the median of the first tenth of the curve, the average still settling) for good,
 so a noise dip in the flat start is no descent. The minimum itself is not a candidate, so the
 suggestion is always below the min-loss lr. When the loss never fell 5 % below its start level
-(the range shows no descent: widen it), or the descent is too short for a slope (< 5 points
+(the range shows no descent: raise lr_max, or lower lr_min where the loss rose from the
+start), or the descent is too short for a slope (< 5 points
 before the minimum), the rule falls back to the min-loss lr / 10. The result names the rule it
 used.
 """
@@ -111,10 +112,19 @@ def suggest(lrs: list[float], losses: list[float]) -> tuple[float, str, float]:
     level = _start_level(losses)
     fell = (level - losses[best]) / level if level > 0 else 0.0
     if fell < DESCENT_SHARE:
+        # Which end of the range to move: a loss that climbed from the start was already too
+        # large a step at lr_min; one that stayed flat never reached a useful lr.
+        rose = level > 0 and losses[-1] > (1 + DESCENT_SHARE) * level
+        widen = (
+            "the loss rose from the start, so even lr_min steps too far: lower lr_min (the "
+            "suggestion lies below the range tested)"
+            if rose
+            else "widen the range, raise lr_max"
+        )
         return (
             min_loss_lr / 10,
             f"min-loss lr / 10 (no descent in the range: the smoothed loss fell {100 * fell:.1f}% "
-            f"below its start, under {100 * DESCENT_SHARE:.0f}%; widen the range, raise lr_max)",
+            f"below its start, under {100 * DESCENT_SHARE:.0f}%; {widen})",
             min_loss_lr,
         )
     start = int(SKIP_SHARE * len(lrs))

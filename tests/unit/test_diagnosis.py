@@ -16,6 +16,20 @@ def test_overfitting_when_validation_turns_back_up() -> None:
     assert verdict["gap"] > 0.7 and "weight decay" in verdict["reason"]
 
 
+def test_the_training_loss_kept_falling_only_when_it_ends_below_its_value_at_the_best_epoch() -> (
+    None
+):
+    # Validation best at epoch 3; the training loss then spiked and ended above its epoch-3
+    # value, though its last epochs fell: the rise above the best is no "while it kept falling".
+    train = [1.0, 0.4, 0.17, 0.15, 3.35, 0.6, 0.3, 0.215]
+    val = [1.0, 0.7, 0.57, 0.6, 2.0, 1.2, 1.05, 1.0]
+    verdict = diagnose(train, val)
+    assert verdict is not None and verdict["best_val_epoch"] == 3
+    assert "kept falling" not in verdict["reason"]
+    falling = diagnose([1.0, 0.6, 0.4, 0.25, 0.15, 0.08], [1.0, 0.7, 0.6, 0.62, 0.7, 0.8])
+    assert falling is not None and "kept falling (0.4 to 0.08)" in falling["reason"]
+
+
 def test_overfitting_from_the_accuracy_gap() -> None:
     verdict = diagnose([0.5, 0.45], [0.55, 0.52], [0.95, 0.97], [0.8, 0.81], num_classes=10)
     assert verdict is not None and verdict["verdict"] == "overfitting"

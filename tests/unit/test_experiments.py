@@ -328,8 +328,18 @@ def test_a_flat_curve_says_it_has_no_descent() -> None:
     lrs = lr_schedule(1e-6, 1e-5, 100).tolist()
     losses = _flat_start(100, 2.52, 60, 0.03)
     suggested, rule, min_loss_lr = suggest(lrs, losses)
-    assert rule.startswith("min-loss lr / 10 (no descent in the range") and "lr_max" in rule
+    assert rule.startswith("min-loss lr / 10 (no descent in the range") and "raise lr_max" in rule
+    assert "lr_min" not in rule
     assert suggested == pytest.approx(min_loss_lr / 10)
+
+
+def test_a_curve_that_rises_from_the_start_says_to_lower_lr_min() -> None:
+    # softmax over lr 1..100, stopped after 3 steps: 2.40, 4.61, 9.65. Raising lr_max cannot help.
+    lrs = lr_schedule(1, 100, 20).tolist()[:3]
+    suggested, rule, min_loss_lr = suggest(lrs, [2.40, 4.61, 9.65])
+    assert rule.startswith("min-loss lr / 10 (no descent in the range")
+    assert "lower lr_min" in rule and "raise lr_max" not in rule
+    assert min_loss_lr == lrs[0] and suggested == pytest.approx(lrs[0] / 10)
 
 
 @pytest.mark.skipif(
