@@ -301,17 +301,29 @@ class JobCreate(BaseModel):
         """
         if info.field_name is None:
             return value
-        annotation = cls.model_fields[info.field_name].annotation
-        types = {annotation, *get_args(annotation)}
-        if types & {int, float} and isinstance(value, bool | str):
-            raise ValueError(f"must be a number, not {json.dumps(value)}")
-        if int in types and float not in types and isinstance(value, float):
-            raise ValueError(f"must be an integer, not {json.dumps(value)}")
-        if bool in types and not isinstance(value, bool):
-            raise ValueError(f"must be true or false, not {json.dumps(value)}")
+        problem = cls.json_type_problem(info.field_name, value)
+        if problem is not None:
+            raise ValueError(problem)
         if isinstance(value, float) and value == 0:
             return 0.0  # -0.0 (a computed zero) is stored and shown as 0.0
         return value
+
+    @classmethod
+    def json_type_problem(cls, field_name: str, value: Any) -> str | None:
+        """Why `value` is the wrong JSON type for the field (None: it is not, or no such
+        field): a boolean or string for a number, a float for an integer, a non-boolean for a
+        boolean."""
+        field = cls.model_fields.get(field_name)
+        if field is None:
+            return None
+        types = {field.annotation, *get_args(field.annotation)}
+        if types & {int, float} and isinstance(value, bool | str):
+            return f"must be a number, not {json.dumps(value)}"
+        if int in types and float not in types and isinstance(value, float):
+            return f"must be an integer, not {json.dumps(value)}"
+        if bool in types and not isinstance(value, bool):
+            return f"must be true or false, not {json.dumps(value)}"
+        return None
 
     @field_validator("model")
     @classmethod
@@ -440,11 +452,14 @@ class JobCreate(BaseModel):
             problems.append(("init_std", "only with init 'normal'"))
         if self.k is not None and self.kind != "kfold":
             problems.append(("k", "only for kind 'kfold'"))
+        # A null is the field left out (its default), as for every field that takes one: a
+        # job's GET shows a kind's unused fields as null, and may be sent back as it is.
+        chosen = {name for name in given if getattr(self, name) is not None}
         for name, why in UNUSED_BY_KIND.get(self.kind, {}).items():
-            if name in given:
+            if name in chosen:
                 problems.append((name, f"not for kind {self.kind!r}: {why}"))
         if self.kind != "lr_find":
-            problems += [(n, "only for kind 'lr_find'") for n in LR_FIND_FIELDS if n in given]
+            problems += [(n, "only for kind 'lr_find'") for n in LR_FIND_FIELDS if n in chosen]
         elif self.lr_schedule != "constant":
             problems.append(("lr_schedule", "not for kind 'lr_find': it sweeps the lr itself"))
         if train_size is not None:
@@ -576,11 +591,13 @@ class JobPublic(BaseModel):
         "weight_norm ‖w‖₂, bias, weights, and on generated data weight_error_norm, "
         "bias_error against the true w, b); lr_find: lrs, losses (smoothed), suggested_lr, "
         "suggestion_rule, min_loss_lr, stopped_early; kfold: k, folds, val_acc_mean, "
-        "val_acc_std, val_loss_mean, val_loss_std, diagnosis"
+        "val_acc_std, val_loss_mean, val_loss_std, diagnosis. A train job cancelled while it "
+        "ran: the diagnosis of its epochs so far"
     )
     diagnosis: dict[str, Any] | None = Field(
-        description="Verdict from the curves of a succeeded train or kfold job: underfitting, "
-        "overfitting or good fit, with the reason and the numbers (losses, gap, trend)"
+        description="Verdict from the curves of a succeeded train or kfold job, or of a train "
+        "job cancelled after an epoch (its epochs so far): underfitting, overfitting or good "
+        "fit, with the reason and the numbers (losses, gap, trend)"
     )
 
     @field_serializer("created_at", "started_at", "finished_at")

@@ -138,6 +138,13 @@ def _resolve_points(body: SweepCreate, session: Any) -> list[TrainConfig]:
                 (f"grid.{key}", "each value is a number, string, boolean or null, not a list "
                  "or an object")
             )  # fmt: skip
+        # A value of the wrong type is named for its type, not as a repeat of its equal
+        # (1.0 for an integer field is not "1 given twice"), and takes no part in the check.
+        type_problems = [JobCreate.json_type_problem(key, v) for v in scalars]
+        first_wrong = next((p for p in type_problems if p is not None), None)
+        if first_wrong is not None:
+            problems.append((f"grid.{key}", first_wrong))
+            scalars = [v for v, p in zip(scalars, type_problems, strict=True) if p is None]
         repeat = _first_repeat(scalars)
         if repeat is not None:
             shown = json.dumps(scalars[repeat])  # JSON's true/null, not Python's True/None

@@ -8,7 +8,8 @@ stops without writing (``Outcome.DATABASE_LOST``), and the job is requeued once 
 The job's kind picks the work: ``train`` (a classifier, saved for /models, or a linear
 regression, reported in ``result``), ``lr_find`` (the lr range test) or ``kfold``
 (cross-validation); only classifiers' train jobs save a model. Every succeeded train and
-kfold job gets a diagnosis of its curves in ``result``.
+kfold job gets a diagnosis of its curves in ``result`` (a train job cancelled while it ran gets
+one from its worker: service/worker/cancelled.py).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from service.config import Settings
 from service.db import make_engine, shown_url
 from service.reaping import reap_expired_leases
 from service.tables import JobStatus
+from service.worker.cancelled import diagnosis_so_far
 from service.worker.execute import Outcome
 from service.worker.lease import LeaseKeeper
 from service.worker.pool import WAKE_SIGNAL
@@ -227,6 +228,7 @@ class Worker:
         job_id, token = claimed.id, claimed.token
         retry = DatabaseRetry(patience_seconds=keeper.seconds_left())
         if keeper.cancelled.is_set():
+            diagnosis = self._diagnosis_so_far(claimed)
             if retry(
                 queue.finish_job,
                 self.engine,
@@ -234,6 +236,7 @@ class Worker:
                 token,
                 JobStatus.CANCELLED,
                 error="cancelled by request",
+                result={"diagnosis": diagnosis} if diagnosis else None,
             ):
                 remove_checkpoint(self.artifact_dir, job_id)
         elif exitcode == Outcome.STOPPED or self.stopping.is_set() or self._parent_gone():
@@ -255,6 +258,15 @@ class Worker:
             )
             if status not in (None, JobStatus.QUEUED.value):  # failed or cancelled for good
                 remove_checkpoint(self.artifact_dir, job_id)
+
+    def _diagnosis_so_far(self, claimed: queue.ClaimedJob) -> dict | None:
+        # Never in the way of the cancel itself: without the curves (the database is down, a
+        # row is odd), the job is cancelled without a diagnosis.
+        try:
+            return diagnosis_so_far(self.engine, claimed.id, claimed.config)
+        except Exception as exc:
+            log.warning("job %s: no diagnosis of its epochs so far: %s", claimed.id, brief(exc))
+            return None
 
 
 def _describe_exit(exitcode: int | None) -> str:

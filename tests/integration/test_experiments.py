@@ -406,6 +406,7 @@ def test_a_grid_value_of_the_wrong_type_is_named_for_its_type(api_only: httpx.Cl
         ({"decay_bias": [True, 1]}, "grid.decay_bias", "must be"),
         ({"lr": [1e400, 1e401]}, "grid.lr", "finite"),
         ({"decay_bias": [True, True]}, "grid.decay_bias", "true is given twice"),
+        ({"seed": [1, 1.0]}, "grid.seed", "must be an integer, not 1.0"),  # not "given twice"
     ]
     for grid, field, reason in cases:
         body = json.dumps({"base": {"model": "softmax"}, "grid": grid}).replace("Infinity", "1e400")

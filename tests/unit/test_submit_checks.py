@@ -177,6 +177,23 @@ def test_integer_fields_take_json_integers_only(name: str, value: int) -> None:
     assert getattr(JobCreate.model_validate({"model": "lenet", name: value}), name) == value
 
 
+def test_a_kinds_unused_fields_take_null_as_left_out() -> None:
+    """GET /jobs shows a field that the job's kind does not use as null; sent back as it is, a
+    null is the field left out, for every such field alike (k once was, steps was not)."""
+    nulls = [
+        {"model": "softmax", "k": None},
+        {"model": "softmax", "steps": None, "lr_min": None, "lr_max": None},
+        {"model": "mlp", "kind": "lr_find", "lr": None, "test_examples": None, "k": None},
+        {"model": "softmax", "kind": "kfold", "test_examples": None, "steps": None},
+    ]
+    for body in nulls:
+        assert problems(body) == [], body
+    assert problems({"model": "softmax", "steps": 20}) == [("steps", "only for kind 'lr_find'")]
+    assert problems({"model": "softmax", "k": 3}) == [("k", "only for kind 'kfold'")]
+    lr_find = {"model": "mlp", "kind": "lr_find", "lr": 0.1}
+    assert [field for field, _ in problems(lr_find)] == ["lr"]
+
+
 def test_number_fields_take_json_integers_too() -> None:
     job = JobCreate.model_validate({"model": "lenet", "lr": 1, "weight_decay": 0, "dropout": 0})
     assert job.lr == 1 and job.weight_decay == 0

@@ -34,9 +34,11 @@ def worker(tmp_path: Path) -> Iterator[Worker]:
     worker.engine.dispose()
 
 
-def _running_job_with_checkpoint(worker: Worker, *, max_attempts: int = 3) -> queue.ClaimedJob:
+def _running_job_with_checkpoint(
+    worker: Worker, *, max_attempts: int = 3, epochs: int = CONFIG["epochs"]
+) -> queue.ClaimedJob:
     with make_session_factory(worker.engine)() as session:
-        queue.submit_job(session, dict(CONFIG), max_attempts=max_attempts)
+        queue.submit_job(session, {**CONFIG, "epochs": epochs}, max_attempts=max_attempts)
     claimed = queue.claim_next_job(worker.engine, worker.name, 60)
     assert claimed is not None
     ckpt = checkpoint_path(worker.artifact_dir, claimed.id)
@@ -255,3 +257,35 @@ def test_the_reaper_removes_the_checkpoints_of_jobs_it_ends(worker: Worker) -> N
     assert not checkpoint_path(worker.artifact_dir, out_of_attempts.id).exists()
     assert not checkpoint_path(worker.artifact_dir, cancelled.id).exists()
     assert checkpoint_path(worker.artifact_dir, requeued.id).exists()  # it resumes from it
+
+
+def test_a_job_cancelled_while_it_ran_carries_the_diagnosis_of_its_epochs_so_far(
+    worker: Worker,
+) -> None:
+    """Issue 6: every finished job carries a verdict from its curves; a cancelled one from the
+    epochs it recorded, and says so. Without a recorded epoch there is nothing to judge."""
+    keeper = _keeper()
+    keeper.cancelled.set()
+    early = _running_job_with_checkpoint(worker)
+    _cancel(worker, early.id)
+    worker._settle(early, Outcome.STOPPED, keeper)
+
+    claimed = _running_job_with_checkpoint(worker, epochs=40)
+    # Overfitting curves: validation turned back up while the training loss kept falling.
+    curves = [(0.9, 1.0), (0.5, 0.6), (0.2, 0.75)]
+    for epoch, (train_loss, val_loss) in enumerate(curves, start=1):
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": 0.9, "val_loss": val_loss,
+               "val_acc": 0.8, "examples_per_sec": 1000.0, "seconds": 1.0}  # fmt: skip
+        assert queue.record_epoch(worker.engine, claimed.id, claimed.token, row)
+    _cancel(worker, claimed.id)
+    worker._settle(claimed, Outcome.STOPPED, keeper)
+
+    with make_session_factory(worker.engine)() as session:
+        assert queue.get_job(session, early.id).result is None
+        job = queue.get_job(session, claimed.id)
+    assert job.status == "cancelled" and job.error == "cancelled by request"
+    diagnosis = job.result["diagnosis"]
+    assert diagnosis["verdict"] == "overfitting" and diagnosis["epochs"] == 3
+    assert diagnosis["reason"].startswith("so far (cancelled after 3 of 40 epochs): ")
+    assert "kept falling (0.5 to 0.2)" in diagnosis["reason"]
+    assert diagnosis["cancelled_after_epochs"] == 3
