@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import models
@@ -220,6 +221,16 @@ def read_description(artifact_dir: Path, job_id: int) -> ModelDescription:
     fetch_remote(artifact_dir, job_id)
     raw = (job_dir(artifact_dir, job_id) / DESCRIPTION_FILE).read_text()
     return ModelDescription(**json.loads(raw))
+
+
+def check_model_files(artifact_dir: Path, job_id: int) -> ModelDescription:
+    """The description, once it parses and the weights file's header agrees with its size
+    (what a truncated or overwritten file fails); reads no weights. Raises what loading
+    would: FileNotFoundError, ValueError, TypeError, SafetensorError."""
+    description = read_description(artifact_dir, job_id)
+    with safe_open(str(job_dir(artifact_dir, job_id) / WEIGHTS_FILE), framework="pt") as weights:
+        weights.keys()
+    return description
 
 
 def load_trained_model(artifact_dir: Path, job_id: int) -> tuple[torch.nn.Module, ModelDescription]:

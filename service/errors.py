@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,15 @@ async def _database_unavailable(request: Request, exc: OperationalError) -> JSON
     )
 
 
+async def _client_gone(request: Request, _: ClientDisconnect) -> JSONResponse:
+    # The client closed the connection before its body had arrived (a timeout, a cancelled
+    # upload): nothing went wrong here, and nobody is left to answer. Handled here, not by the
+    # catch-all below, it is neither logged as an error nor re-raised to the server.
+    log.info("%s %s: the client went away before its body arrived", request.method,
+             request.url.path)  # fmt: skip
+    return _error_response(request, 400, "client_disconnected", "the client went away")
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     # Starlette re-raises the error once this is sent, and the server then drops the
@@ -209,4 +219,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(OperationalError, _database_unavailable)  # type: ignore[arg-type]
+    app.add_exception_handler(ClientDisconnect, _client_gone)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)

@@ -6,6 +6,7 @@ import json
 import secrets
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import torch
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -336,14 +337,9 @@ async def predict(model_id: ModelId, request: Request) -> JSONResponse:
             images = await serving.decode_uploads(loaded, uploads, max_images=max_instances)
         elif content_type in ("application/json", ""):
             body = await read_limited(request, settings.max_upload_bytes)
-            try:
-                payload = parse_json(body)
-            except ValueError as exc:
-                raise InvalidRequest.for_fields([("body", f"not valid JSON ({exc})")]) from exc
-            images = parse_instances(
-                payload, max_instances=max_instances, shapes=loaded.instance_shapes
+            payload, images = await serving.parse_body(
+                body, lambda: _read_instances(body, max_instances, loaded.instance_shapes)
             )
-            _refuse_unknown_keys(payload)
             mc_dropout = _one_of(
                 "mc_dropout", mc_dropout, _body_int(payload, "mc_dropout", 1, MAX_MC_PASSES)
             )
@@ -372,6 +368,19 @@ async def predict(model_id: ModelId, request: Request) -> JSONResponse:
     except QueueFull as exc:
         raise Overloaded(str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
     return JSONResponse({"model_id": model_id, "predictions": _predictions(loaded, probabilities)})
+
+
+def _read_instances(
+    body: bytes, max_instances: int, shapes: tuple[tuple[int, int], ...]
+) -> tuple[Any, list[np.ndarray]]:
+    """A JSON predict body -> (the payload, its instances as (H, W) pixel arrays)."""
+    try:
+        payload = parse_json(body)
+    except ValueError as exc:
+        raise InvalidRequest.for_fields([("body", f"not valid JSON ({exc})")]) from exc
+    images = parse_instances(payload, max_instances=max_instances, shapes=shapes)
+    _refuse_unknown_keys(payload)
+    return payload, images
 
 
 def _predictions(loaded: LoadedModel, probabilities: torch.Tensor) -> list[dict[str, Any]]:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -30,7 +32,9 @@ from service.errors import ApiError, Conflict, InvalidRequest, NotFound
 from service.inference import (
     MAX_MC_PASSES,
     BatchStats,
+    DecodeBusy,
     InvalidInput,
+    ModelNotAvailable,
     QueueFull,
     Serving,
     tensor_pixels,
@@ -148,8 +152,14 @@ async def model_metadata(request: Request, name: str, version: str | None = None
 @router.get("/models/{name}/ready")
 @router.get("/models/{name}/versions/{version}/ready", include_in_schema=False)
 async def model_ready(request: Request, name: str, version: str | None = None) -> JSONResponse:
-    """200 when the model can serve (its job succeeded; loaded on demand), else 400."""
-    await servable_model(request, _model_id(name, version))
+    """200 when the model can serve (its job succeeded and its files are there and sound;
+    loaded on its first inference, not by this probe), else 400."""
+    job_id = _model_id(name, version)
+    await ensure_succeeded(request, job_id)
+    try:
+        await run_in_threadpool(request.app.state.model_cache.check_servable, job_id)
+    except ModelNotAvailable as exc:
+        raise Conflict(f"model {job_id} cannot be loaded: {exc}") from exc
     return JSONResponse({"name": name, "ready": True})
 
 
@@ -199,18 +209,40 @@ BINARY_UNSUPPORTED = (
 )
 
 
-@router.post("/models/{name}/infer")
-@router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
-async def infer(request: Request, name: str, version: str | None = None) -> JSONResponse:
-    """Inference: one input tensor of pixels -> class probabilities, dropout off (or MC)."""
-    job_id = _model_id(name, version)
-    settings = request.app.state.settings
-    serving: Serving = request.app.state.serving
-    loaded = await servable_model(request, job_id)
-    if request.headers.get("inference-header-content-length") is not None:
+@dataclass
+class InferRequest:
+    """What an infer body asks for, checked."""
+
+    payload: dict[str, Any]
+    pixels: np.ndarray
+    mc_dropout: int | None
+    seed: int | None
+    wanted: list[str]  # output names, in the order to answer them
+
+
+def _wanted_outputs(outputs: object, mc_dropout: int | None) -> list[str]:
+    known = [OUTPUT_NAME, STD_OUTPUT] if mc_dropout is not None else [OUTPUT_NAME]
+    if outputs is None:
+        return known
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise _bad("outputs: expected a list of objects with a 'name'")
+    if not outputs:  # as Triton: none named is every output
+        return known
+    wanted = [o.get("name") for o in outputs]
+    unknown = [w for w in wanted if w not in known]
+    if unknown:
+        raise _bad(f"outputs: unknown output {unknown[0]!r} (known: {sorted(known)})")
+    repeated = [w for i, w in enumerate(wanted) if w in wanted[:i]]
+    if repeated:
+        raise _bad(f"outputs: {repeated[0]!r} is named twice")
+    if any(_wants_binary(o.get("parameters")) for o in outputs):
         raise _bad(BINARY_UNSUPPORTED)
-    refuse_declared_oversize(request, settings.max_upload_bytes)
-    body = await read_limited(request, settings.max_upload_bytes)
+    return wanted
+
+
+def read_infer_body(body: bytes, *, max_images: int) -> InferRequest:
+    """The body of an infer request, checked and turned into (N, H, W) pixels; raises
+    InvalidRequest (400 here) naming what is wrong."""
     try:
         payload = parse_json(body)
     except ValueError as exc:
@@ -228,32 +260,42 @@ async def infer(request: Request, name: str, version: str | None = None) -> JSON
     if "id" in payload and not isinstance(payload["id"], str):  # the protocol's id is a string
         raise _bad(f"id: expected a string, got {json.dumps(payload['id'])[:40]}")
     mc_dropout, seed = _parse_parameters(payload.get("parameters"))
-    known = {OUTPUT_NAME, STD_OUTPUT} if mc_dropout is not None else {OUTPUT_NAME}
-    wanted = [OUTPUT_NAME, STD_OUTPUT] if mc_dropout is not None else [OUTPUT_NAME]
-    if payload.get("outputs") is not None:
-        outputs = payload["outputs"]
-        if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
-            raise _bad("outputs: expected a list of objects with a 'name'")
-        wanted = [o.get("name") for o in outputs]
-        unknown = [w for w in wanted if w not in known]
-        if unknown:
-            raise _bad(f"outputs: unknown output {unknown[0]!r} (known: {sorted(known)})")
-        if any(_wants_binary(o.get("parameters")) for o in outputs):
-            raise _bad(BINARY_UNSUPPORTED)
+    wanted = _wanted_outputs(payload.get("outputs"), mc_dropout)
     try:
         pixels = tensor_pixels(
             tensor.get("data"),
             tensor.get("shape"),
             tensor.get("datatype"),
             "inputs[0]",
-            max_images=settings.max_predict_instances,
+            max_images=max_images,
         )
     except InvalidInput as exc:
         raise _bad(str(exc)) from None
+    return InferRequest(payload, pixels, mc_dropout, seed, wanted)
+
+
+@router.post("/models/{name}/infer")
+@router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
+async def infer(request: Request, name: str, version: str | None = None) -> JSONResponse:
+    """Inference: one input tensor of pixels -> class probabilities, dropout off (or MC)."""
+    job_id = _model_id(name, version)
+    settings = request.app.state.settings
+    serving: Serving = request.app.state.serving
+    loaded = await servable_model(request, job_id)
+    if request.headers.get("inference-header-content-length") is not None:
+        raise _bad(BINARY_UNSUPPORTED)
+    refuse_declared_oversize(request, settings.max_upload_bytes)
+    body = await read_limited(request, settings.max_upload_bytes)
+    max_images = settings.max_predict_instances
+    try:
+        asked = await serving.parse_body(body, lambda: read_infer_body(body, max_images=max_images))
+    except DecodeBusy as exc:
+        return oip_error(503, str(exc), {"Retry-After": str(exc.retry_after)})
+    mc_dropout, seed = asked.mc_dropout, asked.seed
     results = {}
     if mc_dropout is None:
         try:
-            results[OUTPUT_NAME] = await serving.probabilities(loaded, pixels)
+            results[OUTPUT_NAME] = await serving.probabilities(loaded, asked.pixels)
         except QueueFull as exc:
             return oip_error(503, str(exc), {"Retry-After": str(exc.retry_after)})
     else:
@@ -261,13 +303,13 @@ async def infer(request: Request, name: str, version: str | None = None) -> JSON
             raise _bad(f"parameters.mc_dropout: model {name} has no active dropout layer")
         seed = secrets.randbelow(ID_MAX + 1) if seed is None else seed
         try:
-            mean, std = await serving.mc_dropout(loaded, pixels, mc_dropout, seed)
+            mean, std = await serving.mc_dropout(loaded, asked.pixels, mc_dropout, seed)
         except QueueFull as exc:
             return oip_error(503, str(exc), {"Retry-After": str(exc.retry_after)})
         results = {OUTPUT_NAME: mean, STD_OUTPUT: std}
     response: dict[str, Any] = {"model_name": name, "model_version": VERSION}
-    if "id" in payload:
-        response["id"] = payload["id"]
+    if "id" in asked.payload:
+        response["id"] = asked.payload["id"]
     if mc_dropout is not None:
         response["parameters"] = {"mc_dropout": mc_dropout, "seed": seed}
     response["outputs"] = [
@@ -277,6 +319,6 @@ async def infer(request: Request, name: str, version: str | None = None) -> JSON
             "shape": list(results[out].shape),
             "data": results[out].float().flatten().tolist(),
         }
-        for out in wanted
+        for out in asked.wanted
     ]
     return JSONResponse(response)

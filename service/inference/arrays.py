@@ -9,6 +9,7 @@ model's preprocessing (``models.to_model_input``) happens later. A ``.npy`` file
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import re
 
@@ -124,7 +125,8 @@ def tensor_pixels(
     data: object, shape: object, datatype: str, field: str, *, max_images: int
 ) -> np.ndarray:
     """An Open Inference Protocol input tensor (FP32 or UINT8, [N,1,H,W] or [N,H,W], data
-    flat or nested, row-major) -> (N, H, W) pixel values 0-255."""
+    flat or nested, row-major) -> (N, H, W) pixel values 0-255. As Triton does, a nesting
+    other than the shape's is read in row-major order; only the number of values must agree."""
     if datatype not in ("FP32", "UINT8"):
         raise InvalidInput(f"{field}.datatype", f"must be FP32 or UINT8, got {datatype!r}")
     if (
@@ -160,12 +162,15 @@ def tensor_pixels(
 def _has_non_numbers(data: list, *, integers: bool) -> bool:
     """numpy turns booleans and numeric strings into numbers (and truncates floats to ints):
     refuse them, as the JSON instances of the v1 predict do."""
-    allowed = (int,) if integers else (int, float)
-    stack = [data]
-    while stack:
-        for v in stack.pop():
-            if type(v) is list:
-                stack.append(v)
-            elif type(v) not in allowed:
-                return True
-    return False
+    allowed = {int} if integers else {int, float}
+    # Level by level, each element's type taken in C (map, set): a Python loop over 10 million
+    # values took 0.24 s of a 20 MB request. numpy has already refused ragged nesting, so a
+    # level holds either lists only or values only.
+    level: list = data
+    while True:
+        types = set(map(type, level))
+        if types <= allowed:
+            return False
+        if types != {list}:
+            return True
+        level = list(itertools.chain.from_iterable(level))

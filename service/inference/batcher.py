@@ -7,7 +7,11 @@ for more images only while the model is busy (it has just run a batch and reques
 coming); a request that finds the model idle runs at once. The queue is bounded in images
 (waiting and running): past the bound ``submit`` raises ``QueueFull`` at once instead of
 letting latency grow without limit. Work run apart from the batches (``run_alone``,
-``run_apart``) goes on the same thread and counts against the same bound.
+``run_in_turns``) goes on the same thread and counts against the same bound.
+
+The forward thread is shared by every model: heavy work (MC dropout's K passes) goes to it one
+pass at a time, so the other models' batches take their turns in between instead of waiting
+behind all K.
 """
 
 from __future__ import annotations
@@ -54,12 +58,14 @@ class BatchStats:
     rejected: int = 0  # requests answered QueueFull
     sizes: dict[int, int] = field(default_factory=dict)  # images per forward -> count
 
-    def record(self, images: int, requests: int) -> None:
+    def record(self, images: int, requests: int, forwards: int = 1) -> None:
+        """``forwards`` passes of ``images`` images each (MC dropout: K passes over one
+        request's N images) for ``requests`` requests."""
         self.requests += requests
         self.images += images
-        self.batches += 1
+        self.batches += forwards
         self.largest_batch = max(self.largest_batch, images)
-        self.sizes[images] = self.sizes.get(images, 0) + 1
+        self.sizes[images] = self.sizes.get(images, 0) + forwards
 
     def as_dict(self) -> dict[str, object]:
         mean = self.images / self.batches if self.batches else 0.0
@@ -112,7 +118,12 @@ class Batcher:
         self._queued = 0  # images waiting or running
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._seconds_per_image = 0.0  # running estimate, for Retry-After
+        # Running sums (decaying) of forward seconds and of their images, for Retry-After: the
+        # cost of an image is their ratio, so a batch of 256 weighs 256 times a lone image, as
+        # it does in the queue (a mean of per-run costs, over many lone images, had said 17 s
+        # for a queue of large batches that drained in 2).
+        self._recent_seconds = 0.0
+        self._recent_images = 0.0
 
     @property
     def queued(self) -> int:
@@ -123,8 +134,13 @@ class Batcher:
         # A request larger than the whole queue is admitted when the queue is empty.
         if self._queued and self._queued + n > self.max_queue:
             self.stats.rejected += 1
-            wait = self._queued * self._seconds_per_image
+            wait = self._queued * self.seconds_per_image
             raise QueueFull(self._queued, self.max_queue, max(1, math.ceil(wait)))
+
+    @property
+    def seconds_per_image(self) -> float:
+        """The recent forward cost of one image (0 before any forward)."""
+        return self._recent_seconds / self._recent_images if self._recent_images else 0.0
 
     async def submit(self, inputs: Any, size: int | None = None) -> torch.Tensor:
         """Output rows for ``inputs`` (``size`` images, default ``len(inputs)``), computed in
@@ -149,24 +165,44 @@ class Batcher:
         self.stats.record(n, 1)
         return outputs
 
-    async def run_apart(self, work: Callable[[], T], cost: int) -> T:
-        """``work()`` on the forward thread, outside any batch, counting as ``cost`` images
-        against the queue bound: heavy one-offs (MC dropout's K passes over N images) wait
-        their turn or get ``QueueFull`` like any request, instead of running beside it."""
-        return await self._in_thread(cost, self._timed, work, cost)
+    async def run_in_turns(self, steps: Sequence[Callable[[], T]], images: int) -> list[T]:
+        """Each of ``steps`` (one forward over a request's ``images`` images, or so) on the
+        forward thread, outside any batch, one after the other: the whole counts as
+        len(steps) x ``images`` against the queue bound (admitted at once, or ``QueueFull``),
+        and between two steps whatever else waits for the thread runs. A client that goes
+        away stops it after the step under way."""
+        cost = len(steps) * images
+        self._admit(cost)
+        self._queued += cost
+        loop = asyncio.get_running_loop()
+        results: list[T] = []
+        running: asyncio.Future[T] | None = None
+        try:
+            for step in steps:
+                running = loop.run_in_executor(self.executor, self._timed, step, images)
+                results.append(await asyncio.shield(running))
+        finally:
+            if running is not None and not running.done():  # the client went away mid-step
+                running.add_done_callback(self._release_when_done(cost))
+            else:
+                self._queued -= cost
+        self.stats.record(images, 1, forwards=len(steps))
+        return results
+
+    def _release_when_done(self, cost: int) -> Callable[[asyncio.Future[Any]], None]:
+        def release(done: asyncio.Future[Any]) -> None:
+            self._queued -= cost
+            if not done.cancelled():
+                done.exception()  # retrieved: a client that went away leaves no warning
+
+        return release
 
     async def _in_thread(self, cost: int, fn: Callable[..., T], *args: Any) -> T:
         self._admit(cost)
         self._queued += cost
         future = asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-        def release(done: asyncio.Future[T]) -> None:
-            self._queued -= cost
-            if not done.cancelled():
-                done.exception()  # retrieved: a client that went away leaves no warning
-
         # The images stay queued until the thread is done, even if the client goes first.
-        future.add_done_callback(release)
+        future.add_done_callback(self._release_when_done(cost))
         return await asyncio.shield(future)
 
     def _timed_run(self, inputs: list[Any], size: int) -> torch.Tensor:
@@ -178,8 +214,8 @@ class Batcher:
     def _timed(self, work: Callable[[], T], images: int) -> T:
         start = time.perf_counter()
         result = work()
-        per_image = (time.perf_counter() - start) / max(1, images)
-        self._seconds_per_image = 0.9 * self._seconds_per_image + 0.1 * per_image
+        self._recent_seconds = 0.9 * self._recent_seconds + 0.1 * (time.perf_counter() - start)
+        self._recent_images = 0.9 * self._recent_images + 0.1 * max(1, images)
         return result
 
     def _take(self, batch: list[_Pending], size: int) -> int:

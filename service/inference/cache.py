@@ -2,14 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
 from service import artifacts
 from service.inference.errors import ModelNotAvailable
 from service.inference.predictor import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+@contextlib.contextmanager
+def _as_not_available(job_id: int) -> Iterator[None]:
+    """Reading a job's model files: every way that fails is ModelNotAvailable. Damaged files
+    (a truncated safetensors, a model.json that is not JSON or names other layers) are the
+    client's answer too (409, /v2: 400), not a 500; the operator's is in the log."""
+    try:
+        yield
+    except (FileNotFoundError, NotADirectoryError) as exc:  # missing, or removed while read
+        raise ModelNotAvailable(job_id, f"no trained model ({exc})") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:
+        log.warning("model %s cannot be loaded: %s", job_id, _first_line(exc))
+        raise ModelNotAvailable(job_id, _damaged_reason(exc)) from exc
+
+
+def _damaged_reason(exc: BaseException) -> str:
+    """What a client is told of a model whose files exist but cannot be loaded."""
+    return f"its model files are damaged and cannot be loaded ({_first_line(exc)[:200]})"
 
 
 class ModelCache:
@@ -49,6 +80,7 @@ class ModelCache:
             loaded = self._models.get(job_id)
             if loaded is not None:
                 self._models.move_to_end(job_id)
+                self._trim()  # a model grows by its MC dropout copy once it serves MC
                 return loaded
             pending = self._loading.get(job_id)
             owner = pending is None
@@ -70,25 +102,39 @@ class ModelCache:
             self._loading.pop(job_id, None)
             self._models[job_id] = loaded
             self._models.move_to_end(job_id)
-            while len(self._models) > self.max_models or (
-                len(self._models) > 1
-                and self.max_bytes is not None
-                and self._nbytes() > self.max_bytes
-            ):
-                self._models.popitem(last=False)
+            self._trim()
         pending.set_result(loaded)
         return loaded
 
-    def _load(self, job_id: int) -> LoadedModel:
+    def _trim(self) -> None:
+        """Let the least recently used models go until the bounds hold (the lock is held)."""
+        while len(self._models) > self.max_models or (
+            len(self._models) > 1 and self.max_bytes is not None and self._nbytes() > self.max_bytes
+        ):
+            self._models.popitem(last=False)
+
+    def check_servable(self, job_id: int) -> None:
+        """Raise ModelNotAvailable unless the model is loaded or its files look loadable (the
+        description parses, the weights' header and size agree), without loading it: a
+        readiness probe must not load models and push others out of the cache."""
+        job_id = int(job_id)
+        if self.is_loaded(job_id):
+            return
+        self._require_files(job_id)
+        with _as_not_available(job_id):
+            artifacts.check_model_files(self.artifact_dir, job_id)
+
+    def _require_files(self, job_id: int) -> None:
         artifacts.fetch_remote(self.artifact_dir, job_id)  # trained on another machine?
         directory = artifacts.job_dir(self.artifact_dir, job_id)
         for name in (artifacts.DESCRIPTION_FILE, artifacts.WEIGHTS_FILE):
             if not (directory / name).is_file():
                 raise ModelNotAvailable(job_id, f"no trained model ({name} is missing)")
-        try:
+
+    def _load(self, job_id: int) -> LoadedModel:
+        self._require_files(job_id)
+        with _as_not_available(job_id):
             model, description = artifacts.load_trained_model(self.artifact_dir, job_id)
-        except (FileNotFoundError, NotADirectoryError) as exc:  # removed while loading
-            raise ModelNotAvailable(job_id, f"no trained model ({exc})") from exc
         return LoadedModel(model, description, device=self.device)
 
     def _nbytes(self) -> int:

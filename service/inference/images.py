@@ -98,15 +98,24 @@ def _to_gray(im: Image.Image, field: str, *, sixteen_bit: bool) -> np.ndarray:
 HEADER_PREFIX_BYTES = 65536
 
 
-def header_pixels(data: bytes) -> int | None:
-    """The pixels decoding ``data`` would produce, from the header in its first
-    HEADER_PREFIX_BYTES (no pixel data is read): 0 for a file that decode_image refuses before
-    decoding (no pixels, too large); None where that prefix shows no readable header."""
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header in the first HEADER_PREFIX_BYTES of ``data`` (no pixel
+    data is read); None where that prefix shows no readable header."""
     try:
         with Image.open(io.BytesIO(data[:HEADER_PREFIX_BYTES]), formats=_allowed_formats()) as im:
-            width, height = im.size
+            return im.size
     except Exception:  # not an image, or its header lies past the prefix
         return None
+
+
+def header_pixels(data: bytes) -> int | None:
+    """The pixels decoding ``data`` would produce, from its header (``header_size``): 0 for a
+    file that decode_image refuses before decoding (no pixels, too large); None where no
+    header is read."""
+    size = header_size(data)
+    if size is None:
+        return None
+    width, height = size
     return width * height if 0 < width * height <= MAX_PIXELS else 0
 
 

@@ -58,7 +58,8 @@ class LoadedModel:
         self.model = model.to(self.device)
         self.description = description
         self.batch_size = max(1, int(batch_size))
-        self.nbytes = module_nbytes(model)
+        self._nbytes = module_nbytes(model)
+        self._mc_nbytes = self._nbytes  # its deep copy's
         self._lock = threading.Lock()
         self._mc_lock = threading.Lock()
         self._mc_model: torch.nn.Module | None = None
@@ -196,18 +197,30 @@ class LoadedModel:
         with only the dropout layers sampling; the same batch and seed give the same numbers."""
         if not 1 <= passes <= MAX_MC_PASSES:
             raise ValueError(f"passes must be 1-{MAX_MC_PASSES}, got {passes}")
-        # The masks come from a generator of this request's own, not the global one, which
-        # other threads draw from meanwhile (a model being built initialises its weights).
-        generator = torch.Generator(self.device).manual_seed(seed)
+        generator = self.mc_generator(seed)
+        return mc_summary([self.mc_pass(batch, generator) for _ in range(passes)])
+
+    def mc_generator(self, seed: int) -> torch.Generator:
+        """The masks' source for one MC request: a generator of its own, not the global one,
+        which other threads draw from meanwhile (a model being built initialises its
+        weights). Its passes, run in order, give the same numbers for the same seed."""
+        return torch.Generator(self.device).manual_seed(seed)
+
+    def mc_pass(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One MC dropout pass: softmax probabilities (N, num_classes), float64, with only the
+        dropout layers sampling, their masks drawn from ``generator``."""
         with self._mc_lock, torch.inference_mode():
             model = self._mc_network()
             for module in model.modules():
                 if isinstance(module, RandDropout):
                     module.generator = generator
-            runs = torch.stack(
-                [torch.softmax(self._forward(model, batch).double(), 1) for _ in range(passes)]
-            )  # (passes, N, C)
-        return runs.mean(0), runs.std(0, correction=0)
+            return torch.softmax(self._forward(model, batch).double(), 1)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of parameters and buffers held: the network's, and its MC dropout copy's once
+        an MC request has made one (it stays while the model is loaded)."""
+        return self._nbytes + (self._mc_nbytes if self._mc_model is not None else 0)
 
     def network_copy(self, device: str | torch.device | None = None) -> torch.nn.Module:
         """A deep copy of the eval-mode network (for MC dropout, export), on ``device``."""
@@ -230,6 +243,12 @@ class LoadedModel:
     def __repr__(self) -> str:
         d = self.description
         return f"LoadedModel(job_id={d.job_id}, model={d.model!r}, input_side={d.input_side})"
+
+
+def mc_summary(runs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population standard deviation over MC passes' probabilities (N, C) each."""
+    stacked = torch.stack(list(runs))  # (passes, N, C)
+    return stacked.mean(0), stacked.std(0, correction=0)
 
 
 def _is_dropout(module: torch.nn.Module) -> bool:

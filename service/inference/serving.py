@@ -8,6 +8,7 @@ import gc
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
 
@@ -15,13 +16,15 @@ from service.inference.arrays import decode_npy
 from service.inference.batcher import Batcher, BatchStats
 from service.inference.cache import ModelCache
 from service.inference.images import MAX_REQUEST_PIXELS
-from service.inference.predictor import Inputs, LoadedModel
+from service.inference.predictor import Inputs, LoadedModel, mc_summary
 from service.inference.uploads import (
     Upload,
     decode_cost,
     npy_body_to_model_input,
     uploads_to_model_input,
 )
+
+T = TypeVar("T")
 
 # Threads decoding uploaded files, for all requests together: each holds at most one
 # full-size image (up to ~0.2 GB while it is converted), so this bounds decoding memory.
@@ -39,6 +42,10 @@ PEEK_ON_LOOP_BYTES = 16384
 # A .npy body up to this size is read on the event loop, as a few 28-px images are; larger
 # ones go to the decode threads (32 at 4096 px each held 4.5 GB waiting full-size).
 NPY_INLINE_BYTES = 1 << 20
+# A JSON body (instances, v2 tensors) up to this size is parsed on the event loop (256 KiB: about
+# 10 ms, some 100 instances of 28x28); larger ones in the decode threads. Its bytes count
+# against the decode backlog, at least as many as the pixels they hold.
+JSON_INLINE_BYTES = 1 << 18
 
 
 class DecodeBusy(RuntimeError):
@@ -137,7 +144,18 @@ class Serving:
             len(body), lambda: npy_body_to_model_input(loaded, body, max_images=max_images)
         )
 
-    async def _decode(self, cost: int, work: Callable[[], torch.Tensor]) -> torch.Tensor:
+    async def parse_body(self, body: bytes, work: Callable[[], T]) -> T:
+        """``work()`` (parsing ``body``: JSON instances or tensors): here for a small body; for
+        one over JSON_INLINE_BYTES, in a decode thread, under the same backlog bound as
+        uploads. Parsing 20 MB of JSON numbers takes about a second, which on the event loop
+        stalled every other request, /v2/health/live included.
+
+        Raises ``DecodeBusy``, and whatever ``work`` raises."""
+        if len(body) <= JSON_INLINE_BYTES:
+            return work()
+        return await self._decode(len(body), work)
+
+    async def _decode(self, cost: int, work: Callable[[], T]) -> T:
         # One request alone is always taken, whatever its cost (its own limits bound it).
         if self.decode_backlog and self.decode_backlog + cost > self.max_decode_backlog:
             raise DecodeBusy(self.decode_backlog, self.max_decode_backlog)
@@ -167,14 +185,20 @@ class Serving:
         self, loaded: LoadedModel, images: Inputs, passes: int, seed: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std of ``passes`` MC dropout passes (``LoadedModel.mc_dropout``), on the
-        forward thread; the request counts as passes × N images against the model's queue.
+        forward thread one pass at a time, so that other models' batches run in between; the
+        request counts as passes × N images against the model's queue.
 
         Raises ``QueueFull`` when that does not fit."""
+        generator = loaded.mc_generator(seed)
+        prepared: list[torch.Tensor] = []
 
-        def work() -> tuple[torch.Tensor, torch.Tensor]:
-            return loaded.mc_dropout(loaded.model_input([images]), passes, seed)
+        def one_pass() -> torch.Tensor:
+            if not prepared:  # on the forward thread, as a batch's preprocessing is
+                prepared.append(loaded.model_input([images]))
+            return loaded.mc_pass(prepared[0], generator)
 
-        return await self.batcher(loaded).run_apart(work, cost=passes * len(images))
+        runs = await self.batcher(loaded).run_in_turns([one_pass] * passes, images=len(images))
+        return mc_summary(runs)
 
     def stats(self) -> dict[str, object]:
         return {

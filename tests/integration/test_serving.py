@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import io
 import json
+import socket
 import statistics
 import time
 import zlib
@@ -455,3 +456,75 @@ def test_v2_errors_and_health(client: httpx.Client, models: dict[str, int]) -> N
         error(client.post(f"/v2/models/{job['id']}/infer", json={"inputs": [good]}), 400)
     finally:
         client.post(f"/jobs/{job['id']}/cancel")
+
+
+def test_v2_outputs_ready_damaged_files_and_clients_that_go_away(
+    server: LiveServer, client: httpx.Client, models: dict[str, int]
+) -> None:
+    model = models["lenet"]
+    infer = f"/v2/models/{model}/infer"
+    good = {"name": "input", "shape": [1, 28, 28], "datatype": "UINT8",
+            "data": _images(1).flatten().tolist()}  # fmt: skip
+    mc = {"inputs": [good], "parameters": {"mc_dropout": 3, "seed": 1}}
+    # No output named is every output, as Triton answers; one named twice is a 400.
+    everything = client.post(infer, json={**mc, "outputs": []})
+    assert [o["name"] for o in everything.json()["outputs"]] == ["probabilities", "std"]
+    twice = client.post(infer, json={**mc, "outputs": [{"name": "std"}, {"name": "std"}]})
+    assert twice.status_code == 400 and "named twice" in twice.json()["error"]
+
+    # A readiness probe loads no model: after it the model is still not loaded.
+    spare = _train(client, model="softmax", seed=2)
+    assert client.get(f"/v2/models/{spare}/ready").json() == {"name": str(spare), "ready": True}
+    assert client.get(f"/models/{spare}").json()["loaded"] is False
+
+    # Damaged files: the model cannot serve (409, /v2: 400), on every path, never a 500.
+    weights = server.state_dir / "artifacts" / "jobs" / str(spare) / "model.safetensors"
+    weights.write_bytes(b"garbage")
+    pixels = {"instances": as_instances(_images(1))}
+    for response in (
+        client.post(f"/models/{spare}/predict", json=pixels),
+        client.get(f"/models/{spare}/export", params={"format": "safetensors"}),
+    ):
+        assert response.status_code == 409 and "damaged" in response.text, response.text
+    for response in (
+        client.get(f"/v2/models/{spare}/ready"),
+        client.post(f"/v2/models/{spare}/infer", json={"inputs": [good]}),
+    ):
+        assert response.status_code == 400 and "damaged" in response.json()["error"]
+
+    # A client that goes away mid-body is no server error.
+    for path in (infer, f"/models/{model}/predict"):
+        with socket.create_connection(("127.0.0.1", server.port)) as raw:
+            raw.sendall(
+                f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                'content-length: 1000\r\n\r\n{"inp'.encode()
+            )
+    time.sleep(0.5)
+    assert "unhandled error" not in server.log() and "Exception in ASGI" not in server.log()
+    assert client.get("/v2/health/live").status_code == 200
+
+
+def test_large_json_bodies_answer_as_small_ones(
+    client: httpx.Client, models: dict[str, int]
+) -> None:
+    """A JSON body over 256 KiB is parsed in a decode thread (unit-tested in
+    test_inference_uploads); its answers are those of the same images sent alone, on v1 and v2."""
+    n = 64
+    images = _images(n, seed=3).astype(np.float32) * 0.99
+    big = {"name": "input", "shape": [n, 28, 28], "datatype": "FP32",
+           "data": images.flatten().tolist()}  # fmt: skip
+    body = json.dumps({"inputs": [big]}).encode()
+    assert len(body) > 1 << 18
+    headers = {"content-type": "application/json"}
+    infer = f"/v2/models/{models['lenet']}/infer"
+    response = client.post(infer, content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    got = np.array(response.json()["outputs"][0]["data"]).reshape(n, -1)
+    small = {**big, "shape": [1, 28, 28], "data": big["data"][:784]}
+    alone = client.post(infer, json={"inputs": [small]}).json()["outputs"][0]["data"]
+    assert np.allclose(got[0], alone, atol=1e-5)
+    instances = json.dumps({"instances": images.tolist()}).encode()
+    assert len(instances) > 1 << 18
+    predict = f"/models/{models['lenet']}/predict"
+    v1 = _probabilities(client.post(predict, content=instances, headers=headers))
+    assert np.allclose(v1, got, atol=1e-5)

@@ -20,6 +20,7 @@ from service.inference import (
     Batcher,
     InvalidInput,
     ModelCache,
+    ModelNotAvailable,
     QueueFull,
     decode_npy,
     export,
@@ -319,6 +320,53 @@ def test_cache_is_bounded_by_bytes(artifact_dir: Path) -> None:
     cache.get(3)  # mlp is larger than both: the others go, it stays alone
     assert cache.loaded_job_ids() == [3]
     assert cache.peek(3) is cache.get(3) and cache.peek(1) is None
+
+
+def test_an_mc_dropout_copy_counts_in_the_bytes_and_the_others_make_room(
+    artifact_dir: Path,
+) -> None:
+    lenet = ModelCache(artifact_dir).get(2).nbytes
+    softmax = ModelCache(artifact_dir).get(1).nbytes
+    cache = ModelCache(artifact_dir, max_bytes=2 * lenet + softmax // 2)
+    cache.get(1)
+    loaded = cache.get(2)
+    assert cache.loaded_job_ids() == [1, 2]
+    loaded.mc_dropout(loaded.prepare(list(_pixels(2))), passes=2, seed=0)  # makes its copy
+    assert loaded.nbytes == 2 * lenet
+    assert cache.get(2) is loaded and cache.loaded_job_ids() == [2]  # softmax made room
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("model.safetensors", b"garbage"),
+        ("model.safetensors", None),  # truncated to half
+        ("model.json", b"{bad json"),
+        ("model.json", b'{"job_id": 5}'),  # fields missing
+    ],
+)
+def test_damaged_model_files_are_not_available_not_a_crash(
+    tmp_path: Path, name: str, damage: bytes | None
+) -> None:
+    _save(tmp_path, 5, "lenet", dropout=0.5)
+    path = tmp_path / "jobs" / "5" / name
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage is None else damage)
+    cache = ModelCache(tmp_path)
+    for attempt in (cache.check_servable, cache.get):
+        with pytest.raises(ModelNotAvailable, match="damaged and cannot be loaded"):
+            attempt(5)
+    assert len(cache) == 0
+
+
+def test_a_servable_check_loads_nothing(artifact_dir: Path) -> None:
+    cache = ModelCache(artifact_dir, max_models=1)
+    cache.get(1)
+    for job_id in (2, 3, 4):
+        cache.check_servable(job_id)
+    assert cache.loaded_job_ids() == [1]
+    with pytest.raises(ModelNotAvailable, match="missing"):
+        cache.check_servable(99)
 
 
 # ---- export ------------------------------------------------------------------------------------

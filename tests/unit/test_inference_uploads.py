@@ -10,7 +10,9 @@ import threading
 import time
 import tracemalloc
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -29,6 +31,7 @@ from service.inference import (
     uploads,
 )
 from service.inference.images import MAX_PIXELS
+from service.inference.serving import JSON_INLINE_BYTES
 from tests.unit.saved_models import save_model
 
 CLASSES = [f"class {k}" for k in range(10)]
@@ -141,12 +144,16 @@ def test_a_request_holds_one_full_size_image_at_a_time(
     assert peak < 3 * MAX_PIXELS, f"peak {peak / 1e6:.0f} MB of numpy arrays"
 
 
-def test_request_pixel_budget_names_the_file(
-    cache: ModelCache, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    budget = 3 * 64 * 64
-    monkeypatch.setattr(uploads, "MAX_REQUEST_PIXELS", budget)
-    monkeypatch.setattr("service.inference.images.MAX_REQUEST_PIXELS", budget)
+@pytest.fixture
+def budget(monkeypatch: pytest.MonkeyPatch) -> int:
+    """A request's pixel budget of three 64x64 images."""
+    pixels = 3 * 64 * 64
+    monkeypatch.setattr(uploads, "MAX_REQUEST_PIXELS", pixels)
+    monkeypatch.setattr("service.inference.images.MAX_REQUEST_PIXELS", pixels)
+    return pixels
+
+
+def test_request_pixel_budget_names_the_file(cache: ModelCache, budget: int) -> None:
     png = _encode(Image.fromarray(_pixels(1, side=64)[0]), "PNG")
     assert len(uploads.uploads_to_model_input(cache.get(1), [(None, png)] * 3, max_images=9)) == 3
     with pytest.raises(InvalidInput) as info:
@@ -157,6 +164,25 @@ def test_request_pixel_budget_names_the_file(
             cache.get(1), [(None, png), ("x.npy", _npy(_pixels(3, side=64)))], max_images=9
         )
     assert info.value.field == "files[1]"
+
+
+def test_the_headers_refuse_a_request_past_the_budget_before_any_decoding(
+    cache: ModelCache, budget: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """17 blank 4096-px PNGs had 16 decoded (2 s of CPU) before the 17th was refused."""
+    decoded: list[str] = []
+    real = uploads.decode_image
+
+    def counting(data: bytes, field: str, **kwargs: object) -> np.ndarray:
+        decoded.append(field)
+        return real(data, field, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(uploads, "decode_image", counting)
+    png = _encode(Image.fromarray(_pixels(1, side=64)[0]), "PNG")
+    with pytest.raises(InvalidInput) as info:
+        uploads.uploads_to_model_input(cache.get(1), [(None, png)] * 4, max_images=9)
+    assert info.value.field == "files[3]" and "64×64" in info.value.reason
+    assert decoded == []
 
 
 def test_decoding_leaves_the_event_loop_free(cache: ModelCache, blank_full_size_png: bytes) -> None:
@@ -247,6 +273,40 @@ def test_decode_backlog_answers_busy_instead_of_a_long_wait(cache: ModelCache) -
         serving.close()
 
 
+def test_a_large_json_body_is_parsed_in_a_decode_thread_under_the_backlog(
+    cache: ModelCache,
+) -> None:
+    """Parsing 20 MB of JSON numbers takes about a second: a body over JSON_INLINE_BYTES is
+    parsed in a decode thread (the event loop keeps answering), counting its bytes against the
+    decode backlog; a small one is parsed at once, where it is."""
+    serving = Serving(cache)
+    gate = threading.Event()
+
+    def where() -> str:
+        return threading.current_thread().name
+
+    async def scenario() -> None:
+        loop_thread = threading.current_thread().name
+        assert await serving.parse_body(b"x" * JSON_INLINE_BYTES, where) == loop_thread
+        large = b"x" * (JSON_INLINE_BYTES + 1)
+        assert (await serving.parse_body(large, where)).startswith("decode")
+        held = asyncio.ensure_future(serving.parse_body(large, lambda: gate.wait(10)))
+        await asyncio.sleep(0.05)
+        assert serving.decode_backlog == len(large)
+        serving.max_decode_backlog = len(large) + 10
+        with pytest.raises(DecodeBusy):
+            await serving.parse_body(large, where)
+        gate.set()
+        await held
+        assert serving.decode_backlog == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        gate.set()
+        serving.close()
+
+
 def test_an_npy_body_is_prepared_a_few_images_at_a_time(
     cache: ModelCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -319,7 +379,7 @@ def test_model_input_keeps_request_order_across_prepared_and_pixel_inputs(
 # ---- MC dropout and the queue bound ----------------------------------------------------------
 
 
-def test_run_apart_counts_its_cost_against_the_queue() -> None:
+def test_run_in_turns_counts_its_whole_cost_against_the_queue() -> None:
     gate = threading.Event()
     batcher = Batcher(lambda inputs: torch.cat(inputs), max_queue=100)
     threads: list[str] = []
@@ -330,22 +390,91 @@ def test_run_apart_counts_its_cost_against_the_queue() -> None:
         return "done"
 
     async def scenario() -> None:
-        running = asyncio.create_task(batcher.run_apart(heavy, cost=80))
+        # 4 steps of 20 images: admitted as 80 at once, and counted until the last is done.
+        running = asyncio.create_task(batcher.run_in_turns([heavy] * 4, images=20))
         await asyncio.sleep(0.05)
         assert batcher.queued == 80
         with pytest.raises(QueueFull) as info:
             await batcher.submit(torch.ones(30, 1))  # 80 + 30 > 100
         assert info.value.queued == 80 and info.value.retry_after >= 1
         with pytest.raises(QueueFull):
-            await batcher.run_apart(lambda: "more", cost=30)
+            await batcher.run_in_turns([lambda: "more"], images=30)
         gate.set()
-        assert await running == "done"
+        assert await running == ["done"] * 4
         assert batcher.queued == 0
-        assert await batcher.run_apart(lambda: "alone", cost=500) == "alone"  # empty queue
+        assert await batcher.run_in_turns([lambda: "alone"], images=500) == ["alone"]
 
     asyncio.run(scenario())
     assert batcher.stats.rejected == 2
     assert threads and threads[0] != threading.main_thread().name
+    # Served work is in the stats: 4 passes over 20 images, then 1 over 500, one request each.
+    stats = batcher.stats.as_dict()
+    assert stats["requests"] == 2 and stats["batches"] == 5 and stats["images"] == 520
+    assert stats["sizes"] == {"20": 4, "500": 1}
+
+
+def test_other_work_on_the_forward_thread_runs_between_the_turns() -> None:
+    """The forward thread is every model's: a request queued for another model while an MC
+    request runs waits for one pass, not for all of them."""
+    executor = ThreadPoolExecutor(1)
+    heavy = Batcher(lambda inputs: torch.cat(inputs), executor=executor)
+    other = Batcher(lambda inputs: torch.cat(inputs), executor=executor)
+    order: list[str] = []
+
+    def one_pass() -> None:
+        order.append("pass")
+        time.sleep(0.05)
+
+    async def scenario() -> None:
+        turns = asyncio.create_task(heavy.run_in_turns([one_pass] * 6, images=1))
+        await asyncio.sleep(0.07)  # into the second pass
+        await other.submit(torch.ones(1, 1))
+        order.append("other")
+        await turns
+
+    asyncio.run(scenario())
+    executor.shutdown()
+    assert order.index("other") <= 3, order  # after the pass under way (and at most one more)
+
+
+def test_a_client_gone_mid_turns_stops_after_the_step_under_way() -> None:
+    gate = threading.Event()
+    batcher = Batcher(lambda inputs: torch.cat(inputs), max_queue=100)
+    ran: list[int] = []
+
+    def step() -> None:
+        ran.append(1)
+        gate.wait(5)
+
+    async def scenario() -> None:
+        turns = asyncio.create_task(batcher.run_in_turns([step] * 5, images=10))
+        await asyncio.sleep(0.05)
+        turns.cancel()  # the client went away during the first step
+        await asyncio.sleep(0.05)
+        assert batcher.queued == 50  # still counted: the thread is busy with that step
+        gate.set()
+        for _ in range(100):
+            if batcher.queued == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert batcher.queued == 0
+
+    asyncio.run(scenario())
+    assert len(ran) == 1
+
+
+def test_retry_after_weighs_each_run_by_its_images() -> None:
+    """200 lone images at 5 ms each, then one batch of 256 at 0.1 ms an image: a queue of large
+    batches drains at about the large batches' rate, not at the lone images' (which gave a
+    Retry-After of 17 s for a queue that drained in 2)."""
+    batcher = Batcher(lambda inputs: torch.cat(inputs))
+    clock = iter(float(t) for t in range(10**6))
+    costs = [(1, 0.005)] * 200 + [(256, 0.0256)]
+    for images, seconds in costs:
+        start = next(clock)
+        with mock.patch.object(time, "perf_counter", side_effect=[start, start + seconds]):
+            batcher._timed(lambda: None, images)
+    assert batcher.seconds_per_image < 0.001  # per-run mean: 0.0045
 
 
 def test_mc_dropout_requests_get_queue_full_when_over_the_bound(cache: ModelCache) -> None:
