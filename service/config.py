@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import socket
@@ -10,6 +11,7 @@ import tempfile
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +20,10 @@ from sqlalchemy.exc import ArgumentError
 
 DEFAULT_STATE_DIR = Path("var")
 DAY_SECONDS = 86_400
+MIN_INTERVAL_SECONDS = 0.05
+# TRAINSERVE_CHECKPOINT_SECONDS=auto on a GPU: at most a checkpoint every 30 s (on a CPU, every
+# epoch: its epochs are long, and copying the state is a memcpy).
+GPU_CHECKPOINT_SECONDS = 30.0
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 
 
@@ -53,18 +59,25 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)  # 0: any free port
 
     # Finite and at most a day: an infinite interval overflows the timestamps built from it.
-    poll_seconds: float = Field(default=0.5, gt=0, le=DAY_SECONDS)  # idle worker looks for a job
-    heartbeat_seconds: float = Field(default=5.0, gt=0, le=DAY_SECONDS)  # lease renewal interval
+    # Intervals of database round trips: at least MIN_INTERVAL_SECONDS, as a heartbeat of 1e-9 s
+    # committed 2,100 times a second and held a core.
+    poll_seconds: float = Field(  # how often an idle worker looks for a job
+        default=0.5, ge=MIN_INTERVAL_SECONDS, le=DAY_SECONDS
+    )
+    heartbeat_seconds: float = Field(  # lease renewal interval
+        default=5.0, ge=MIN_INTERVAL_SECONDS, le=DAY_SECONDS
+    )
     # a job whose lease lapses is requeued
     lease_seconds: float = Field(default=30.0, gt=0, le=DAY_SECONDS)
-    cancel_check_seconds: float = Field(
-        default=1.0, gt=0, le=DAY_SECONDS
-    )  # how often a running job looks at its cancel flag
+    cancel_check_seconds: float = Field(  # how often a running job looks at its cancel flag
+        default=1.0, ge=MIN_INTERVAL_SECONDS, le=DAY_SECONDS
+    )
     max_attempts: int = Field(default=3, ge=1)  # runs of one job before it is failed
     # A running job writes a checkpoint after an epoch once this long has passed since its last
-    # one (0: after every epoch). Copying VGG's state off the GPU after each of its 1-s epochs
-    # cost the 10-epoch job about 1 s; a crash loses at most this much training.
-    checkpoint_seconds: float = Field(default=30.0, ge=0, le=DAY_SECONDS)
+    # one (0: after every epoch; auto: 0 on a CPU, GPU_CHECKPOINT_SECONDS on a GPU, where copying
+    # VGG's state off the GPU after each of its 1-s epochs cost the 10-epoch job about 1 s). A
+    # crash loses at most this much training; a worker that shuts down writes one as it stops.
+    checkpoint_seconds: float | Literal["auto"] = "auto"
     # x attempts, before a retry
     retry_backoff_seconds: float = Field(default=5.0, ge=0, le=DAY_SECONDS)
 
@@ -93,6 +106,20 @@ class Settings(BaseSettings):
                 "at which it is renewed (several times longer survives a slow renewal)"
             )
         return value
+
+    @field_validator("checkpoint_seconds", mode="before")
+    @classmethod
+    def _seconds_or_auto(cls, value: object) -> float | str:
+        # One message for both forms (a union's errors name each member: "..._LITERAL['AUTO']").
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            seconds = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not 0 <= seconds <= DAY_SECONDS:  # NaN too
+            raise ValueError(f"must be auto or a number of seconds from 0 to {DAY_SECONDS}")
+        return seconds
 
     @field_validator("inference_device")
     @classmethod
@@ -123,6 +150,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.state_dir / 'trainserve.db').resolve()}"
+
+    def checkpoint_seconds_on(self, device: str) -> float:
+        """TRAINSERVE_CHECKPOINT_SECONDS for a job on ``device`` (``auto`` resolved)."""
+        if self.checkpoint_seconds != "auto":
+            return float(self.checkpoint_seconds)
+        return GPU_CHECKPOINT_SECONDS if device.startswith("cuda") else 0.0
 
     @property
     def resolved_artifact_dir(self) -> Path:

@@ -18,16 +18,19 @@ from typing import Any
 import torch
 
 
-def detached_copy(value: Any) -> Any:
-    """``value`` with every tensor copied to the CPU: no later step can change the copy."""
+def detached_copy(value: Any, device: str | torch.device | None = "cpu") -> Any:
+    """``value`` with every tensor copied (to ``device``; None: where it is): no later step
+    can change the copy."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
+        if device is None:
+            return value.detach().clone()
+        return value.detach().to(device, copy=True)
     if isinstance(value, dict):
-        return {k: detached_copy(v) for k, v in value.items()}
+        return {k: detached_copy(v, device) for k, v in value.items()}
     if isinstance(value, list):
-        return [detached_copy(v) for v in value]
+        return [detached_copy(v, device) for v in value]
     if type(value) is tuple:
-        return tuple(detached_copy(v) for v in value)
+        return tuple(detached_copy(v, device) for v in value)
     return value
 
 

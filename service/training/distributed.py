@@ -113,6 +113,7 @@ def train_data_parallel(
     save_checkpoint_fn: SaveCheckpoint | None = None,
     checkpoint_last_epoch: bool = True,
     checkpoint_seconds: float = 0.0,
+    checkpoint_on_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train on len(devices) processes; raises like `train` (cancelled, diverged, …)."""
     import torch.distributed as dist
@@ -166,6 +167,7 @@ def train_data_parallel(
                 save_checkpoint_fn=save_checkpoint_fn,  # rank 0 alone writes checkpoints
                 checkpoint_last_epoch=checkpoint_last_epoch,
                 checkpoint_seconds=checkpoint_seconds,
+                checkpoint_on_stop=checkpoint_on_stop,
             )
         finally:
             dist.destroy_process_group()

@@ -29,7 +29,7 @@ from models.dropout import dropouts_drawn_by_rand
 from models.pooling import avg_pools_as_convs
 from service.training.augment import augment_batch
 from service.training.autotune import FullBatchAutotunedSteps
-from service.training.checkpoint_writer import CheckpointWriter
+from service.training.checkpoint_writer import CheckpointWriter, detached_copy
 from service.training.compiled import full_batches_compiled, worth_compiling
 from service.training.config import DEFAULT_INIT_STD, TrainConfig
 from service.training.data import Splits, load_dataset, make_splits
@@ -394,6 +394,7 @@ def train(
     save_checkpoint_fn: SaveCheckpoint | None = None,
     checkpoint_last_epoch: bool = True,
     checkpoint_seconds: float = 0.0,
+    checkpoint_on_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train ``config.model`` on ``config.dataset``; see the module docstring.
 
@@ -423,7 +424,19 @@ def train(
         save_checkpoint_fn=save_checkpoint_fn,
         checkpoint_last_epoch=checkpoint_last_epoch,
         checkpoint_seconds=checkpoint_seconds,
+        checkpoint_on_stop=checkpoint_on_stop,
     )
+
+
+def _write_on_stop(writer: CheckpointWriter, state: dict[str, Any] | None) -> None:
+    """The held-back checkpoint of a run asked to stop and keep its work; a failed write is
+    logged (the run then resumes from its last written one), the stop goes on either way."""
+    try:
+        writer.submit(state)  # type: ignore[arg-type]
+        writer.wait()
+        log.info("checkpoint of epoch %s written as the job stops", state["epoch"])  # type: ignore[index]
+    except Exception as exc:
+        log.warning("could not write the checkpoint as the job stops: %s", exc)
 
 
 def _check(config: TrainConfig) -> None:
@@ -446,6 +459,7 @@ def fit(
     save_checkpoint_fn: SaveCheckpoint | None = None,
     checkpoint_last_epoch: bool = True,
     checkpoint_seconds: float = 0.0,
+    checkpoint_on_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train a fresh network on ``splits`` for ``config.epochs``; the test split (which may be
     empty) is evaluated once at the end. With a shard, this is one rank of a data-parallel run:
@@ -460,7 +474,13 @@ def fit(
     ``checkpoint_seconds`` > 0 writes a checkpoint only after an epoch that ends at least that
     long after the last checkpoint (or the first epoch's start): copying the state off the GPU
     each epoch costs short epochs a noticeable share (VGG at 112 px: about 0.1 s of a 1.2-s
-    epoch). 0 writes one after every epoch."""
+    epoch). 0 writes one after every epoch.
+
+    ``checkpoint_on_stop``: asked when a stop comes (TrainingCancelled); true (a worker that
+    shuts down and requeues the job) writes the last finished epoch's checkpoint before the
+    stop goes on, if ``checkpoint_seconds`` had held it back, so that the job resumes from
+    there. That epoch's state is kept for it as a copy on the device (a copy within GPU
+    memory is cheap; off the GPU is what the throttle saves)."""
     _check(config)
     start = time.perf_counter()
     device = torch.device(device)
@@ -507,6 +527,7 @@ def fit(
     # The job's time outside its epochs, in its log (the epochs' own times are its metrics).
     log.info("%s set up on %s in %.2f s", config.model, device, time.perf_counter() - start)
     last_checkpoint = time.monotonic()
+    unsaved: dict[str, Any] | None = None  # the last epoch's state, where no checkpoint has it
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             trained = train_epoch(
@@ -532,13 +553,17 @@ def fit(
                 on_epoch(metrics)
             now = time.monotonic()
             due = now - last_checkpoint >= checkpoint_seconds
-            if writer is not None and due and (checkpoint_last_epoch or epoch < config.epochs):
-                writer.submit(
-                    _checkpoint_state(
-                        config, epoch, model, run.optimizer, run.generator, history, runner
-                    )
+            write = writer is not None and due and (checkpoint_last_epoch or epoch < config.epochs)
+            hold = writer is not None and not write and checkpoint_on_stop is not None
+            if write or hold:
+                state = _checkpoint_state(
+                    config, epoch, model, run.optimizer, run.generator, history, runner
                 )
-                last_checkpoint = now
+                if write:
+                    writer.submit(state)  # type: ignore[union-attr]
+                    last_checkpoint, unsaved = now, None
+                else:
+                    unsaved = detached_copy(state, device=None)
 
         del val_x, val_y
         test_loss, test_acc = math.nan, math.nan
@@ -549,8 +574,11 @@ def fit(
             if not math.isfinite(test_loss):
                 raise diverged(config, config.epochs, "test loss", test_loss)
             log.info("test set evaluated in %.2f s", time.perf_counter() - start)
-    except BaseException:
+    except BaseException as exc:
         if writer is not None:
+            keep = isinstance(exc, TrainingCancelled) and unsaved is not None
+            if keep and checkpoint_on_stop is not None and checkpoint_on_stop():
+                _write_on_stop(writer, unsaved)
             writer.close(raise_errors=False)  # the error on its way matters more
         raise
     if writer is not None:

@@ -3,6 +3,8 @@ the standby process its worker started, ``standby``).
 
 A crash here, an out-of-memory kill or leaked GPU memory ends this job's process only.
 SIGTERM asks the job to stop between two batches; its worker then writes the outcome.
+SIGUSR1 asks the same of a job to be requeued (its worker shuts down), which first writes a
+checkpoint of its last finished epoch if none has it yet.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from service.config import Settings
 from service.db import make_engine
 from service.worker.allocator import keep_freed_memory
 from service.worker.execute import Outcome, execute_job
+
+# The worker's "stop, the job is requeued": like SIGTERM (cancel, lost lease: stop between two
+# batches), and the epochs trained since the last checkpoint are written first.
+KEEP_AND_STOP_SIGNAL = signal.SIGUSR1
 
 # Fault injection for the tests, never set in production: "job-process-crash".
 FAILPOINT_ENV = "TRAINSERVE_FAILPOINT"
@@ -49,7 +55,14 @@ def job_process_main(
         level=logging.INFO, format=f"%(asctime)s %(levelname)s job-{job_id}: %(message)s"
     )
     stop = threading.Event()
+    keep = threading.Event()  # the stop requeues the job: save the epochs it has trained
+
+    def stop_and_keep(*_: object) -> None:
+        keep.set()
+        stop.set()
+
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(KEEP_AND_STOP_SIGNAL, stop_and_keep)
     if os.environ.get(FAILPOINT_ENV) == "job-process-crash":
         os._exit(70)  # fault tests: a job whose process dies every time
     settings = Settings(**settings_data)
@@ -58,6 +71,9 @@ def job_process_main(
         outcome = execute_job(
             engine, settings, job_id, token, config, device=device, stop=stop,
             should_stop_extra=worker_gone,
+            # A worker gone without a word will not write the outcome: the lease lapses and
+            # the job is requeued, so its epochs are worth keeping too.
+            keep_progress=lambda: keep.is_set() or worker_gone(),
         )  # fmt: skip
     finally:
         engine.dispose()

@@ -86,6 +86,7 @@ def execute_job(
     device: str,
     stop: threading.Event,
     should_stop_extra: Callable[[], bool] = lambda: False,
+    keep_progress: Callable[[], bool] = lambda: False,
 ) -> Outcome:
     artifact_dir = settings.resolved_artifact_dir
     ckpt = checkpoint_path(artifact_dir, job_id)
@@ -178,7 +179,9 @@ def execute_job(
                     checkpoint_path=ckpt,
                     save_checkpoint_fn=save_and_share,
                     checkpoint_last_epoch=False,  # finish() deletes it
-                    checkpoint_seconds=settings.checkpoint_seconds,
+                    checkpoint_seconds=settings.checkpoint_seconds_on(device),
+                    # A stop to requeue (shutdown) keeps the epochs the throttle left unsaved.
+                    checkpoint_on_stop=lambda: keep_progress() and not lost.is_set(),
                 )
             else:
                 trained = train(
@@ -188,7 +191,9 @@ def execute_job(
                     checkpoint_path=ckpt,
                     save_checkpoint_fn=save_and_share,
                     checkpoint_last_epoch=False,  # finish() deletes it
-                    checkpoint_seconds=settings.checkpoint_seconds,
+                    checkpoint_seconds=settings.checkpoint_seconds_on(device),
+                    # A stop to requeue (shutdown) keeps the epochs the throttle left unsaved.
+                    checkpoint_on_stop=lambda: keep_progress() and not lost.is_set(),
                     **common,
                 )
             final = trained.metrics()

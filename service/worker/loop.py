@@ -18,6 +18,7 @@ from service.db import make_engine, shown_url
 from service.reaping import reap_expired_leases
 from service.tables import JobStatus
 from service.worker.cancelled import diagnosis_so_far
+from service.worker.child import KEEP_AND_STOP_SIGNAL
 from service.worker.execute import Outcome
 from service.worker.lease import LeaseKeeper
 from service.worker.pool import WAKE_SIGNAL
@@ -190,7 +191,10 @@ class Worker:
             )
             if stop and asked_at is None:
                 asked_at = time.monotonic()
-                process.terminate()  # SIGTERM: stop between two batches
+                if keeper.cancelled.is_set() or keeper.lost.is_set():
+                    process.terminate()  # SIGTERM: stop between two batches
+                else:  # shutdown: requeued, so the job keeps what it has trained
+                    os.kill(process.pid, KEEP_AND_STOP_SIGNAL)  # type: ignore[arg-type]
             elif asked_at is not None and time.monotonic() - asked_at > KILL_GRACE_SECONDS:
                 log.warning("job process %s ignored SIGTERM; killing it", process.pid)
                 process.kill()

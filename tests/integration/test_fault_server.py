@@ -150,7 +150,10 @@ def test_1000_concurrent_submissions_each_persisted_once(database_url: str, star
 def test_stopping_the_server_requeues_the_running_job_which_then_resumes(
     tmp_path: Path, start_server
 ) -> None:
-    server = start_server(f"sqlite:///{tmp_path / 'db.sqlite'}", workers=1, env=FAULT_ENV)
+    # Checkpoints held back for an hour: the epochs trained so far are kept by the checkpoint
+    # the job writes as the server stops (issue 3: "the first SIGTERM checkpoints and requeues").
+    env = {**FAULT_ENV, "TRAINSERVE_CHECKPOINT_SECONDS": "3600"}
+    server = start_server(f"sqlite:///{tmp_path / 'db.sqlite'}", workers=1, env=env)
     client = httpx.Client(base_url=server.url, timeout=30)
     job = client.post("/jobs", json=JOB_BODY).json()
     deadline = time.monotonic() + 120
@@ -159,6 +162,7 @@ def test_stopping_the_server_requeues_the_running_job_which_then_resumes(
         time.sleep(0.1)
     server.stop(signal.SIGTERM)  # as systemd or `docker stop` would; Ctrl-C sends SIGINT
     assert "requeued for shutdown" in server.log()
+    assert "written as the job stops" in server.log()
 
     server.start()
     client = httpx.Client(base_url=server.url, timeout=30)

@@ -43,6 +43,9 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         ("TRAINSERVE_POLL_SECONDS", "nan", "Input should be a finite number"),  # not "over 86400"
         ("TRAINSERVE_POLL_SECONDS", "1e300", "less than or equal to 86400"),
         ("TRAINSERVE_PORT", "99999", "less than or equal to 65535"),  # not 99999 mod 65536
+        ("TRAINSERVE_HEARTBEAT_SECONDS", "1e-9", "greater than or equal to 0.05"),  # a busy loop
+        ("TRAINSERVE_CHECKPOINT_SECONDS", "often", "must be auto or a number of seconds from 0"),
+        ("TRAINSERVE_CHECKPOINT_SECONDS", "-1", "must be auto or a number of seconds from 0"),
         ("TRAINSERVE_DATABASE_URL", "notaurl", "Could not parse SQLAlchemy URL"),
         ("TRAINSERVE_DATABASE_URL", "mysql://x@y/z", "runs on sqlite or postgresql"),
         (
@@ -62,6 +65,16 @@ def test_malformed_settings_name_the_variable(
     assert variable in err
     assert "Value error" not in err  # pydantic's prefix, noise to a reader
     assert not (fresh_settings / "trainserve.db").exists()  # nothing migrated
+
+
+def test_checkpoint_seconds_auto_is_every_epoch_on_a_cpu_and_30_s_on_a_gpu(monkeypatch) -> None:
+    assert Settings().checkpoint_seconds == "auto"
+    assert Settings().checkpoint_seconds_on("cpu") == 0.0
+    assert Settings().checkpoint_seconds_on("cuda:1") == 30.0
+    monkeypatch.setenv("TRAINSERVE_CHECKPOINT_SECONDS", "12.5")
+    assert (
+        Settings().checkpoint_seconds_on("cpu") == Settings().checkpoint_seconds_on("cuda") == 12.5
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -173,6 +173,33 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path: Path) -> None:
     assert_same_weights(resumed.model, whole.model)
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_stop_that_keeps_progress_writes_the_epochs_the_throttle_held_back(
+    tmp_path: Path, keep: bool
+) -> None:
+    """With checkpoints at most every hour, a stop during epoch 3 that asks to keep the work (a
+    worker shutting down, the job requeued) writes epoch 2's; the run resumed from it is the
+    uninterrupted run. A stop that does not ask (cancel, lost lease) writes nothing."""
+    config = synthetic("mlp", lr=0.1, dropout=0.3, optimizer="momentum", batch_size=64, epochs=3)
+    whole = train(config)
+    checkpoint = tmp_path / "checkpoint.pt"
+    seen: list[EpochMetrics] = []
+
+    def should_stop() -> bool:
+        return len(seen) == 2  # a stop asked for during epoch 3
+
+    with pytest.raises(TrainingCancelled):
+        train(config, on_epoch=seen.append, should_stop=should_stop, checkpoint_path=checkpoint,
+              checkpoint_seconds=3600, checkpoint_on_stop=lambda: keep)  # fmt: skip
+    assert checkpoint.exists() is keep
+    if keep:
+        rest: list[EpochMetrics] = []
+        resumed = train(config, on_epoch=rest.append, checkpoint_path=checkpoint)
+        assert [m.epoch for m in rest] == [3]
+        assert curve(resumed) == curve(whole)
+        assert_same_weights(resumed.model, whole.model)
+
+
 def test_unreadable_or_foreign_checkpoint_starts_over(tmp_path: Path) -> None:
     config = synthetic("softmax", lr=0.1, batch_size=128, epochs=1)
     checkpoint = tmp_path / "checkpoint.pt"
