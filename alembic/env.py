@@ -5,6 +5,7 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import text
 
 from service.config import get_settings
 from service.db import make_engine
@@ -29,9 +30,17 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+# Any number shared by every trainserve process: the advisory lock that migrations take.
+MIGRATION_LOCK_KEY = 7_311_920_426
+
+
 def run_migrations_online() -> None:
     engine = make_engine(_url())
     with engine.connect() as connection:
+        # One migration at a time: two `serve` (or `worker --migrate`) starting together on a
+        # new database both created alembic_version, and one died with a duplicate key. The
+        # second waits here, then finds the schema at head and does nothing.
+        connection.execution_options(sqlite_immediate=True)  # SQLite: the write lock at BEGIN
         # render_as_batch: SQLite can only ALTER tables by copying them.
         context.configure(
             connection=connection,
@@ -40,6 +49,10 @@ def run_migrations_online() -> None:
             compare_type=True,
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
             context.run_migrations()
     engine.dispose()
 

@@ -161,17 +161,27 @@ def push_checkpoint(artifact_dir: Path, job_id: int) -> None:
 
 @_best_effort("fetch a checkpoint")
 def fetch_checkpoint(artifact_dir: Path, job_id: int) -> bool:
-    """Download a job's checkpoint from TRAINSERVE_ARTIFACT_URL unless one is here already:
-    the job ran on another machine before this one claimed it. False when there is none."""
+    """Take a job's checkpoint from TRAINSERVE_ARTIFACT_URL where it has one, in place of any
+    here: every checkpoint is uploaded once written, so the shared one is the latest, whichever
+    machine ran the job last. One left here by an earlier run on this machine is older when
+    another machine has run the job since: resumed, it had trained 8 epochs again. False when
+    there is none, here or there."""
     local = checkpoint_path(artifact_dir, job_id)
-    if local.is_file():
-        return True
     files = _download(job_id, (CHECKPOINT_FILE,))
     if files is None:
-        return False
+        return local.is_file()
     atomic_write_bytes(local, files[CHECKPOINT_FILE])
     log.info("fetched the checkpoint of job %s from %s", job_id, _remote_url())
     return True
+
+
+def local_checkpoint_job_ids(artifact_dir: Path) -> list[int]:
+    """The jobs with a checkpoint in this artifact directory."""
+    return sorted(
+        int(path.parent.name)
+        for path in (Path(artifact_dir) / "jobs").glob(f"*/{CHECKPOINT_FILE}")
+        if path.parent.name.isdigit()
+    )
 
 
 def remove_checkpoint(artifact_dir: Path, job_id: int) -> None:

@@ -15,6 +15,18 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Room for every thread of the API's threadpool (40) to hold a connection at once.
 POOL_SIZE = 10
 POOL_OVERFLOW = 40
+# libpq's defaults wait without end for a host that does not answer: a request to the API hung
+# past 100 s instead of its 503. These bound a connect and a dead peer; a URL that sets one of
+# them (?connect_timeout=...) keeps its own. A server whose machine answers TCP but whose
+# PostgreSQL is frozen mid-query is beyond them (the kernel acknowledges what is sent).
+PG_CONNECT_ARGS: dict[str, int] = {
+    "connect_timeout": 5,  # seconds
+    "keepalives": 1,
+    "keepalives_idle": 10,  # seconds of silence before the first probe
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 20_000,  # ms that sent data may stay unacknowledged
+}
 
 
 def shown_url(url: str | URL) -> str:
@@ -34,8 +46,13 @@ def shown_url(url: str | URL) -> str:
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
+        connect_args = {k: v for k, v in PG_CONNECT_ARGS.items() if k not in parsed.query}
         return create_engine(
-            url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW
+            url,
+            pool_pre_ping=True,
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_OVERFLOW,
+            connect_args=connect_args,
         )
 
     if parsed.database and parsed.database != ":memory:":

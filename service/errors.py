@@ -68,6 +68,13 @@ class UnsupportedMediaType(ApiError):
     code = "unsupported_media_type"
 
 
+class Busy(ApiError):
+    """Something the request needs is busy for a moment (503 with Retry-After)."""
+
+    status = 503
+    code = "busy"
+
+
 def error_body(
     status: int, code: str, message: str, fields: list[tuple[str, str]]
 ) -> dict[str, Any]:

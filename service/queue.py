@@ -27,10 +27,11 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
@@ -165,6 +166,40 @@ def _writing(session: Session) -> Iterator[None]:
         raise
     if writer_open():
         session.commit()
+
+
+# How long a cancel waits for a job row that a worker holds while it records the job's outcome
+# (and writes its model). Past it, the cancel answers "busy, retry" (503), not nothing at all.
+LOCK_WAIT_SECONDS = 3
+
+
+class JobBusy(Exception):
+    """A job's row is held by its worker, which is recording the job's outcome."""
+
+    retry_after = LOCK_WAIT_SECONDS
+
+
+def _bounded_lock_waits(session: Session) -> None:
+    """PostgreSQL: waits for row locks in this transaction end after LOCK_WAIT_SECONDS."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT_SECONDS}s'"))
+
+
+def _lock_wait_ended(exc: OperationalError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) == "55P03"  # lock_not_available
+
+
+@contextmanager
+def _busy_if_held(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OperationalError as exc:
+        if _lock_wait_ended(exc):
+            raise JobBusy(
+                f"{what} is held by its worker, which is recording its outcome; retry in a few "
+                "seconds"
+            ) from exc
+        raise
 
 
 def created_now(session: Session) -> ColumnElement[Any]:
@@ -355,7 +390,8 @@ def cancel_job(session: Session, job_id: int) -> Job:
     One UPDATE decides between the two on the row as it is then: with one statement per
     status, a job requeued by a lapsed lease between them matched neither, and the cancel of a
     live job answered 409 "already queued"."""
-    with _writing(session):
+    with _busy_if_held(f"job {job_id}"), _writing(session):
+        _bounded_lock_waits(session)
         job = session.get(Job, job_id)
         if job is None or job.status in FINISHED:
             session.commit()  # nothing to write: the lock goes before the refusal
@@ -423,6 +459,16 @@ def claim_next_job(engine: Engine, owner: str, lease_seconds: float) -> ClaimedJ
     if row is None:
         return None
     return ClaimedJob(id=row.id, token=token, config=dict(row.config), attempt=row.attempts)
+
+
+def unfinished_job_ids(engine: Engine, job_ids: Sequence[int]) -> set[int]:
+    """Those of ``job_ids`` that are queued or running (and so may still resume)."""
+    if not job_ids:
+        return set()
+    unfinished = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+    stmt = select(JOBS.c.id).where(JOBS.c.id.in_(list(job_ids)), JOBS.c.status.in_(unfinished))
+    with engine.connect() as conn:
+        return set(conn.scalars(stmt))
 
 
 def has_queued_jobs(engine: Engine) -> bool:
@@ -501,12 +547,16 @@ def finish_job(
     final_metrics: dict[str, float] | None = None,
     publish: Callable[[], None] | None = None,
     result: dict[str, Any] | None = None,
+    hold_limit_seconds: float = 120.0,
 ) -> bool:
     """Move a running job to a final status; False if the lease is no longer ours.
 
     `publish` (writing the trained model's files) runs while the job's row is locked and only
     if the lease is still ours: a worker that lost its lease can never overwrite the files of
-    the worker that took the job over (the reaper waits on the lock, and vice versa).
+    the worker that took the job over. Meanwhile the reaper skips the row (SKIP LOCKED), so a
+    slow upload holds up this job alone; on PostgreSQL a publish that hangs past
+    ``hold_limit_seconds`` has its session ended by the server, which frees the row: its lease
+    lapses, and the job is requeued as a hung worker's is.
     """
     dialect = engine.dialect.name
     values: dict[str, Any] = {
@@ -523,6 +573,9 @@ def finish_job(
     if result is not None:
         values["result"] = result  # what the job found: lr curve, folds, |w|, diagnosis
     with _write(engine) as conn:
+        if dialect == "postgresql":
+            limit_ms = max(1, int(hold_limit_seconds * 1000))
+            conn.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {limit_ms}"))
         if status == JobStatus.SUCCEEDED or publish is not None:
             # SQLite's BEGIN IMMEDIATE already excludes other writers; PostgreSQL locks the row,
             # so a cancel either lands before this (and wins) or finds the job finished (409).
@@ -633,9 +686,16 @@ def requeue_expired_leases(
     out_of_attempts = JOBS.c.attempts >= JOBS.c.max_attempts
     backoff = _backoff(dialect, backoff_seconds)
     final = or_(out_of_attempts, JOBS.c.cancel_requested)
+    if dialect == "postgresql":
+        # Not the rows a worker holds while it records a job's outcome (a model upload can take
+        # long): waiting on one stalled every reap, and so every idle worker's next claim.
+        lapsed = select(JOBS.c.id).where(expired).with_for_update(skip_locked=True)
+        which = and_(JOBS.c.id.in_(lapsed.scalar_subquery()), expired)
+    else:
+        which = expired
     stmt = (
         update(JOBS)
-        .where(expired)
+        .where(which)
         .values(
             status=case(
                 (JOBS.c.cancel_requested, JobStatus.CANCELLED.value),
@@ -781,7 +841,8 @@ def cancel_sweep(session: Session, sweep_id: int) -> list[Job]:
     One UPDATE, as in cancel_job, decides for each job on its row as it is then (a job requeued
     meanwhile is cancelled; on PostgreSQL one that finished meanwhile is skipped). Raises
     SweepNotFound, or SweepFinished when no job of the sweep was left to cancel."""
-    with _writing(session):
+    with _busy_if_held(f"a job of sweep {sweep_id}"), _writing(session):
+        _bounded_lock_waits(session)
         if session.get(Sweep, sweep_id) is None:
             session.commit()  # nothing to write: the lock goes before the refusal
             raise SweepNotFound(f"sweep {sweep_id} does not exist")

@@ -17,7 +17,7 @@ from service.api.params import (
     query_names,
 )
 from service.db import SessionDep
-from service.errors import Conflict, InvalidRequest, NotFound
+from service.errors import Busy, Conflict, InvalidRequest, NotFound
 from service.schemas import (
     EpochMetricPublic,
     EpochMetricsPublic,
@@ -122,6 +122,8 @@ def cancel_job(job_id: JobId, request: Request, session: SessionDep) -> JobPubli
         raise NotFound(str(exc)) from exc
     except queue.JobFinished as exc:
         raise Conflict(f"{exc}; only queued or running jobs can be cancelled") from exc
+    except queue.JobBusy as exc:
+        raise Busy(str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
     drop_resume_checkpoint(request, job)
     return JobPublic.from_job(job)
 

@@ -24,7 +24,7 @@ from service.api.params import (
     query_names,
 )
 from service.db import SessionDep
-from service.errors import Conflict, InvalidRequest, NotFound
+from service.errors import Busy, Conflict, InvalidRequest, NotFound
 from service.schemas import (
     MAX_SWEEP_POINTS,
     ErrorResponse,
@@ -341,6 +341,8 @@ def cancel_sweep(sweep_id: SweepId, request: Request, session: SessionDep) -> Sw
         raise NotFound(str(exc)) from exc
     except queue.SweepFinished as exc:
         raise Conflict(f"{exc}; only queued or running jobs can be cancelled") from exc
+    except queue.JobBusy as exc:
+        raise Busy(str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
     for job in jobs:
         if job.started_at is not None:  # one that never ran has no checkpoint: no remote delete
             drop_resume_checkpoint(request, job)

@@ -76,6 +76,13 @@ def out_of_memory_message(exc: BaseException, config: TrainConfig) -> str | None
     )
 
 
+def publish_hold_limit(settings: Settings) -> float:
+    """How long recording a job's outcome (its model written, and uploaded with
+    TRAINSERVE_ARTIFACT_URL) may hold the job's row before the database ends the attempt: a
+    hung upload is a hung worker. Generous: a slow upload of a large model is no hang."""
+    return max(120.0, 4 * settings.lease_seconds)
+
+
 def execute_job(
     engine: Engine,
     settings: Settings,
@@ -96,7 +103,10 @@ def execute_job(
 
     def finish(status: JobStatus, **kwargs: object) -> Outcome:
         try:
-            written = retry(queue.finish_job, engine, job_id, token, status, **kwargs)
+            written = retry(
+                queue.finish_job, engine, job_id, token, status,
+                hold_limit_seconds=publish_hold_limit(settings), **kwargs,
+            )  # fmt: skip
         except DatabaseUnavailable as exc:
             return database_lost(exc)
         if written:

@@ -12,7 +12,7 @@ import uuid
 from multiprocessing.process import BaseProcess
 
 from service import queue
-from service.artifacts import remove_checkpoint
+from service.artifacts import checkpoint_path, local_checkpoint_job_ids, remove_checkpoint
 from service.config import Settings
 from service.db import make_engine, shown_url
 from service.reaping import reap_expired_leases
@@ -69,6 +69,7 @@ class Worker:
 
     def run(self, *, max_jobs: int | None = None) -> None:
         log.info("worker %s on %s: polling %s", self.name, self.device, shown_url(self.engine.url))
+        self._drop_stale_checkpoints()
         done = 0
         try:
             while not self.stopping.is_set():
@@ -96,6 +97,21 @@ class Worker:
                 self._standby.close()
                 self._standby = None
             self.engine.dispose()
+
+    def _drop_stale_checkpoints(self) -> None:
+        """Delete the checkpoints in this artifact directory of jobs that have ended: a job
+        killed here and finished on another machine left its own behind (up to 170 MB each),
+        which nothing else removes. Only here: the shared copy is its finisher's to delete."""
+        try:
+            here = local_checkpoint_job_ids(self.artifact_dir)
+            alive = queue.unfinished_job_ids(self.engine, here)
+        except Exception as exc:  # the database is away: another start will do it
+            log.warning("worker %s: stale checkpoints not checked: %s", self.name, brief(exc))
+            return
+        for job_id in here:
+            if job_id not in alive:
+                checkpoint_path(self.artifact_dir, job_id).unlink(missing_ok=True)
+                log.info("worker %s: removed the checkpoint of ended job %s", self.name, job_id)
 
     def _poll_once(self) -> bool:
         """Claim and run one job; False when there was none (or the database is away)."""

@@ -90,6 +90,29 @@ def test_a_checkpoint_shared_through_the_url_resumes_on_another_machine(
     assert not artifacts.fetch_checkpoint(tmp_path / "third", 5)
 
 
+def test_the_shared_checkpoint_wins_over_an_older_one_left_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker A ran the job to epoch 3 and was killed; B took it to epoch 15 and was killed;
+    A, claiming it again, resumed from its own epoch 3 and trained 12 epochs again."""
+    monkeypatch.setenv("TRAINSERVE_ARTIFACT_URL", f"file://{tmp_path / 'remote'}")
+    a, b = tmp_path / "a", tmp_path / "b"
+    for machine, content in ((a, b"epoch 3"), (b, b"epoch 15")):
+        path = artifacts.checkpoint_path(machine, 6)
+        path.parent.mkdir(parents=True)
+        path.write_bytes(content)
+        artifacts.push_checkpoint(machine, 6)  # each checkpoint is shared once written
+    assert artifacts.fetch_checkpoint(a, 6)
+    assert artifacts.checkpoint_path(a, 6).read_bytes() == b"epoch 15"
+    # Without a shared one (never pushed, or no URL), the one here is the one to resume from.
+    alone = artifacts.checkpoint_path(a, 7)
+    alone.parent.mkdir(parents=True, exist_ok=True)
+    alone.write_bytes(b"epoch 2")
+    assert artifacts.fetch_checkpoint(a, 7) and alone.read_bytes() == b"epoch 2"
+    monkeypatch.delenv("TRAINSERVE_ARTIFACT_URL")
+    assert artifacts.fetch_checkpoint(a, 7) and not artifacts.fetch_checkpoint(a, 8)
+
+
 def test_a_failing_checkpoint_store_does_not_stop_the_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

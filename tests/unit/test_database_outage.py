@@ -262,3 +262,25 @@ def test_a_checkpoint_write_that_outlives_the_lease_is_not_put_in_place(
     ckpt = checkpoint_path(settings.resolved_artifact_dir, claimed.id)
     assert not ckpt.exists()
     assert not list(ckpt.parent.glob("*.tmp"))  # and its temp file is gone
+
+
+def test_a_postgresql_host_that_never_answers_is_an_error_in_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """libpq waits without end by default: an API request to a database host that accepts the
+    connection and says nothing hung past 100 s instead of answering 503."""
+    import socket
+
+    from service import db
+
+    monkeypatch.setitem(db.PG_CONNECT_ARGS, "connect_timeout", 2)  # libpq's least
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)  # the kernel completes the handshake; nothing ever answers
+        port = silent.getsockname()[1]
+        engine = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/x")
+        start = time.monotonic()
+        with pytest.raises(OperationalError, match="timeout"):
+            engine.connect()
+        assert time.monotonic() - start < 10
+        engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -123,3 +124,31 @@ def test_sqlite_database_is_in_wal_mode(sqlite_url: str) -> None:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         raw.close()
+
+
+def test_migrations_started_together_take_turns(database_url: str, tmp_path: Path) -> None:
+    """Two `serve` (or `worker --migrate`) starting at once on a new database both created
+    alembic_version, and one died with a duplicate key and a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRAINSERVE_DATABASE_URL": database_url,
+           "TRAINSERVE_STATE_DIR": str(tmp_path)}  # fmt: skip
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "migrate"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        for _ in range(3)
+    ]
+    outputs = [run.communicate(timeout=120)[0].decode() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], outputs
+    assert not any("Traceback" in out for out in outputs)
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+    engine.dispose()

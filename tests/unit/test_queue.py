@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, func, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import queue
@@ -732,6 +733,69 @@ def test_an_accepted_cancel_wins_over_the_finish(db: Db) -> None:
     job = db.job(job_id)
     assert job.status == "cancelled" and "no model" in (job.error or "") and published == []
     assert job.finished_at is not None
+
+
+def test_a_slow_publish_holds_up_its_own_job_only(postgres_url: str) -> None:
+    """PostgreSQL: a worker records a job's outcome while its model upload stalls (the row is
+    locked) and its lease lapses meanwhile. Reaping skips the row instead of waiting on it (a
+    wait had stopped every idle worker from claiming), the next job is claimed, and a cancel
+    answers busy within seconds instead of hanging."""
+    migrate(Settings(database_url=postgres_url))
+    engine = make_engine(postgres_url)
+    db = Db(postgres_url, engine, make_session_factory(engine))
+    try:
+        stalled, other = db.submit(), db.submit()
+        claimed = claim(db)
+        assert claimed.id == stalled
+        db.set(stalled, lease_expires_at=PAST)
+        uploading, release = threading.Event(), threading.Event()
+
+        def publish() -> None:
+            uploading.set()
+            release.wait(30)
+
+        worker = db.new_engine()
+        finishing = threading.Thread(
+            target=finish_job,
+            args=(worker, stalled, claimed.token, JobStatus.SUCCEEDED),
+            kwargs={"publish": publish},
+        )
+        finishing.start()
+        try:
+            assert uploading.wait(10)
+            start = time.monotonic()
+            assert requeue_expired_leases(db.new_engine()) == 0  # skipped, not waited on
+            next_claim = claim_next_job(db.new_engine(), "w2", LONG_LEASE)
+            assert next_claim is not None and next_claim.id == other
+            with db.sessions() as session, pytest.raises(queue.JobBusy):
+                cancel_job(session, stalled)
+            assert time.monotonic() - start < 10
+        finally:
+            release.set()
+            finishing.join(30)
+        assert db.job(stalled).status == "succeeded"
+    finally:
+        db.dispose()
+
+
+def test_a_publish_that_hangs_past_its_limit_frees_the_row(postgres_url: str) -> None:
+    """PostgreSQL ends a session that holds a job's row, idle, past the hold limit: the hung
+    worker's outcome is not written, and the job is reaped as a hung worker's is."""
+    migrate(Settings(database_url=postgres_url))
+    engine = make_engine(postgres_url)
+    db = Db(postgres_url, engine, make_session_factory(engine))
+    try:
+        job_id = db.submit()
+        claimed = claim(db)
+        db.set(job_id, lease_expires_at=PAST)
+        with pytest.raises(DBAPIError) as ended:
+            finish_job(db.new_engine(), job_id, claimed.token, JobStatus.SUCCEEDED,
+                       publish=lambda: time.sleep(2), hold_limit_seconds=0.5)  # fmt: skip
+        assert ended.value.connection_invalidated  # a worker takes it as the database gone
+        assert requeue_expired_leases(db.new_engine()) == 1
+        assert db.job(job_id).status == "queued"
+    finally:
+        db.dispose()
 
 
 def test_an_accepted_cancel_is_not_requeued_by_a_stopping_worker(db: Db) -> None:

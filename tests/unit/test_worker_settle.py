@@ -289,3 +289,19 @@ def test_a_job_cancelled_while_it_ran_carries_the_diagnosis_of_its_epochs_so_far
     assert diagnosis["reason"].startswith("so far (cancelled after 3 of 40 epochs): ")
     assert "kept falling (0.5 to 0.2)" in diagnosis["reason"]
     assert diagnosis["cancelled_after_epochs"] == 3
+
+
+def test_a_starting_worker_removes_the_checkpoints_of_ended_jobs(worker: Worker) -> None:
+    """A job killed on this machine and finished elsewhere left its checkpoint here; nothing
+    else removes it. The checkpoints of jobs that may still resume stay."""
+    running = _running_job_with_checkpoint(worker)
+    ended = _running_job_with_checkpoint(worker)
+    assert queue.finish_job(worker.engine, ended.id, ended.token, queue.JobStatus.FAILED)
+    ended_checkpoint = checkpoint_path(worker.artifact_dir, ended.id)
+    ended_checkpoint.write_bytes(b"left behind")  # as if another machine had finished it
+    unknown = checkpoint_path(worker.artifact_dir, 999)
+    unknown.parent.mkdir(parents=True)
+    unknown.write_bytes(b"a job no longer in the database")
+    worker._drop_stale_checkpoints()
+    assert checkpoint_path(worker.artifact_dir, running.id).exists()
+    assert not ended_checkpoint.exists() and not unknown.exists()
