@@ -226,29 +226,71 @@ def _download(job_id: int, names: tuple[str, ...]) -> dict[str, bytes] | None:
         return None
 
 
+MAX_INPUT_SIDE = 512  # a job's largest resize
+
+
 def read_description(artifact_dir: Path, job_id: int) -> ModelDescription:
-    """Raises FileNotFoundError when the job has no complete model."""
+    """Raises FileNotFoundError when the job has no complete model; ValueError or TypeError
+    when its description is not one (a value of the wrong type or out of range: an input side
+    of 100,000 had a load allocate 40 GB)."""
     fetch_remote(artifact_dir, job_id)
     raw = (job_dir(artifact_dir, job_id) / DESCRIPTION_FILE).read_text()
-    return ModelDescription(**json.loads(raw))
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise TypeError(f"{DESCRIPTION_FILE} holds {type(data).__name__}, not an object")
+    description = ModelDescription(**data)
+    _check_description(description)
+    return description
+
+
+def _check_description(d: ModelDescription) -> None:
+    if d.model not in models.list_models():
+        raise ValueError(f"unknown network {d.model!r}")
+    if type(d.input_side) is not int or not 1 <= d.input_side <= MAX_INPUT_SIDE:
+        raise ValueError(f"input_side must be an integer from 1 to {MAX_INPUT_SIDE}")
+    names = d.class_names
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+        raise ValueError("class_names must be a list of at least 2 names")
+    if not isinstance(d.model_kwargs, dict):
+        raise TypeError("model_kwargs must be an object")
+    if d.model_kwargs.get("num_classes", 10) != len(names):  # models.build's default: 10
+        raise ValueError(f"{len(names)} class_names for a network of other outputs")
 
 
 def check_model_files(artifact_dir: Path, job_id: int) -> ModelDescription:
-    """The description, once it parses and the weights file's header agrees with its size
-    (what a truncated or overwritten file fails); reads no weights. Raises what loading
-    would: FileNotFoundError, ValueError, TypeError, SafetensorError."""
+    """The description, once it is sound and the weights file holds the network it names: the
+    same tensor names and shapes, read from its header against the network built without
+    memory (on the meta device); no weights are read. Raises what loading would:
+    FileNotFoundError, ValueError, TypeError, SafetensorError."""
     description = read_description(artifact_dir, job_id)
+    with torch.device("meta"):
+        expected = {
+            k: tuple(v.shape)
+            for k, v in models.build(description.model, **description.model_kwargs)
+            .state_dict()
+            .items()
+        }
     with safe_open(str(job_dir(artifact_dir, job_id) / WEIGHTS_FILE), framework="pt") as weights:
-        weights.keys()
+        stored = {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()}  # noqa: SIM118
+    if stored != expected:
+        missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+        odd = sorted(k for k in set(stored) & set(expected) if stored[k] != expected[k])
+        raise ValueError(
+            f"the weights are not those of {description.model!r} (missing {missing[:3]}, "
+            f"unexpected {extra[:3]}, other shapes {odd[:3]})"
+        )
     return description
 
 
 def load_trained_model(artifact_dir: Path, job_id: int) -> tuple[torch.nn.Module, ModelDescription]:
-    """Rebuild the network from its files, in eval mode (dropout off), on the CPU."""
+    """Rebuild the network from its files, in eval mode (dropout off), on the CPU. Raises
+    ValueError for weights that are not all finite (damaged data under a sound header)."""
     fetch_remote(artifact_dir, job_id)
     description = read_description(artifact_dir, job_id)
     model = models.build(description.model, **description.model_kwargs)
     state = load_file(str(job_dir(artifact_dir, job_id) / WEIGHTS_FILE), device="cpu")
+    if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
+        raise ValueError("the weights hold NaN or infinite values")
     model.load_state_dict(state)
     model.eval()
     return model, description

@@ -201,10 +201,10 @@ async def _database_unavailable(request: Request, exc: OperationalError) -> JSON
 
 async def _client_gone(request: Request, _: ClientDisconnect) -> JSONResponse:
     # The client closed the connection before its body had arrived (a timeout, a cancelled
-    # upload): nothing went wrong here, and nobody is left to answer. Handled here, not by the
-    # catch-all below, it is neither logged as an error nor re-raised to the server.
-    log.info("%s %s: the client went away before its body arrived", request.method,
-             request.url.path)  # fmt: skip
+    # upload), or while its MC dropout passes ran: nothing went wrong here, and nobody is left
+    # to answer. Handled here, not by the catch-all below, it is neither logged as an error
+    # nor re-raised to the server.
+    log.info("%s %s: the client went away; no answer", request.method, request.url.path)
     return _error_response(request, 400, "client_disconnected", "the client went away")
 
 

@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import QueryParams, UploadFile
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
 from service import queue
 from service.api.bodies import (
@@ -41,6 +42,7 @@ from service.errors import (
 )
 from service.inference import (
     MAX_MC_PASSES,
+    Abandoned,
     DecodeBusy,
     Inputs,
     InvalidInput,
@@ -358,7 +360,7 @@ async def predict(model_id: ModelId, request: Request) -> JSONResponse:
         raise Overloaded(str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
 
     if mc_dropout is not None:
-        return await _predict_mc(serving, loaded, images, mc_dropout, seed)
+        return await _predict_mc(request, serving, loaded, images, mc_dropout, seed)
     if seed is not None:  # dropout off: there is nothing to seed, and silence would mislead
         raise InvalidRequest.for_fields([("seed", "only with mc_dropout (plain predictions "
                                           "are deterministic)")])  # fmt: skip
@@ -393,7 +395,12 @@ def _predictions(loaded: LoadedModel, probabilities: torch.Tensor) -> list[dict[
 
 
 async def _predict_mc(
-    serving: Serving, loaded: LoadedModel, images: Inputs, passes: int, seed: int | None
+    request: Request,
+    serving: Serving,
+    loaded: LoadedModel,
+    images: Inputs,
+    passes: int,
+    seed: int | None,
 ) -> JSONResponse:
     if not loaded.has_active_dropout:
         reason = (
@@ -404,9 +411,13 @@ async def _predict_mc(
     if seed is None:
         seed = secrets.randbelow(SEED_MAX + 1)
     try:
-        mean, std = await serving.mc_dropout(loaded, images, passes, seed)
+        mean, std = await serving.mc_dropout(
+            loaded, images, passes, seed, abandoned=request.is_disconnected
+        )
     except QueueFull as exc:
         raise Overloaded(str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
+    except Abandoned as exc:  # nobody is left to answer: the error handler logs it as such
+        raise ClientDisconnect() from exc
     predictions = _predictions(loaded, mean)
     for prediction, row in zip(predictions, std.tolist(), strict=True):
         prediction["std"] = row
@@ -446,6 +457,12 @@ async def export(
     """Download the trained model as ONNX, TorchScript or safetensors (dropout off)."""
     loaded = await servable_model(request, model_id)
     artifact_dir = request.app.state.settings.resolved_artifact_dir
+    if fmt == "safetensors":  # the stored file itself: not one that changed since it was loaded
+        try:
+            cache = request.app.state.model_cache
+            await run_in_threadpool(cache.check_servable, model_id, files_too=True)
+        except ModelNotAvailable as exc:
+            raise Conflict(f"model {model_id} cannot be exported: {exc}") from exc
     try:
         path = await run_in_threadpool(export_model, artifact_dir, loaded, fmt)
     except FileNotFoundError as exc:  # the weights went away under us

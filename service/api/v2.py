@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.api.bodies import parse_json, read_limited, refuse_declared_oversize
 from service.api.params import decimal_int
@@ -31,6 +32,7 @@ from service.artifacts import read_description
 from service.errors import ApiError, Conflict, InvalidRequest, NotFound
 from service.inference import (
     MAX_MC_PASSES,
+    Abandoned,
     BatchStats,
     DecodeBusy,
     InvalidInput,
@@ -303,9 +305,13 @@ async def infer(request: Request, name: str, version: str | None = None) -> JSON
             raise _bad(f"parameters.mc_dropout: model {name} has no active dropout layer")
         seed = secrets.randbelow(ID_MAX + 1) if seed is None else seed
         try:
-            mean, std = await serving.mc_dropout(loaded, asked.pixels, mc_dropout, seed)
+            mean, std = await serving.mc_dropout(
+                loaded, asked.pixels, mc_dropout, seed, abandoned=request.is_disconnected
+            )
         except QueueFull as exc:
             return oip_error(503, str(exc), {"Retry-After": str(exc.retry_after)})
+        except Abandoned as exc:  # nobody is left to answer: the error handler logs it as such
+            raise ClientDisconnect() from exc
         results = {OUTPUT_NAME: mean, STD_OUTPUT: std}
     response: dict[str, Any] = {"model_name": name, "model_version": VERSION}
     if "id" in asked.payload:

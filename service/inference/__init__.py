@@ -6,7 +6,7 @@ Knows no SQL and no HTTP framework; the API routers map ``InvalidInput`` to 422 
 """
 
 from service.inference.arrays import decode_npy, is_npy, pixel_images, tensor_pixels
-from service.inference.batcher import Batcher, BatchStats, QueueFull
+from service.inference.batcher import Abandoned, Batcher, BatchStats, QueueFull
 from service.inference.cache import ModelCache
 from service.inference.errors import InvalidInput, ModelNotAvailable
 from service.inference.images import MAX_SIDE, decode_image
@@ -16,6 +16,7 @@ from service.inference.serving import DecodeBusy, Serving
 
 __all__ = [
     "MAX_MC_PASSES",
+    "Abandoned",
     "MAX_SIDE",
     "Batcher",
     "BatchStats",

@@ -21,7 +21,7 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,6 +32,10 @@ T = TypeVar("T")
 
 # The inputs of the requests in a batch, in order -> one output row per image, in order.
 Run = Callable[[Sequence[Any]], torch.Tensor]
+
+
+class Abandoned(RuntimeError):
+    """The requester went away: the rest of its work was not done."""
 
 
 class QueueFull(RuntimeError):
@@ -60,9 +64,10 @@ class BatchStats:
 
     def record(self, images: int, requests: int, forwards: int = 1) -> None:
         """``forwards`` passes of ``images`` images each (MC dropout: K passes over one
-        request's N images) for ``requests`` requests."""
+        request's N images) for ``requests`` requests; ``images`` counts every image of every
+        pass, so that mean_batch is the images of a forward."""
         self.requests += requests
-        self.images += images
+        self.images += images * forwards
         self.batches += forwards
         self.largest_batch = max(self.largest_batch, images)
         self.sizes[images] = self.sizes.get(images, 0) + forwards
@@ -165,27 +170,39 @@ class Batcher:
         self.stats.record(n, 1)
         return outputs
 
-    async def run_in_turns(self, steps: Sequence[Callable[[], T]], images: int) -> list[T]:
+    async def run_in_turns(
+        self,
+        steps: Sequence[Callable[[], T]],
+        images: int,
+        *,
+        abandoned: Callable[[], Awaitable[bool]] | None = None,
+    ) -> list[T]:
         """Each of ``steps`` (one forward over a request's ``images`` images, or so) on the
         forward thread, outside any batch, one after the other: the whole counts as
         len(steps) x ``images`` against the queue bound (admitted at once, or ``QueueFull``),
-        and between two steps whatever else waits for the thread runs. A client that goes
-        away stops it after the step under way."""
+        each step's share leaving the queue as it is done, and between two steps whatever else
+        waits for the thread runs. Between steps ``abandoned()`` is asked (the client went
+        away?): if so, ``Abandoned`` is raised and no more steps run."""
         cost = len(steps) * images
         self._admit(cost)
         self._queued += cost
+        left = cost  # still counted in _queued
         loop = asyncio.get_running_loop()
         results: list[T] = []
         running: asyncio.Future[T] | None = None
         try:
-            for step in steps:
+            for i, step in enumerate(steps):
+                if i and abandoned is not None and await abandoned():
+                    raise Abandoned(f"abandoned after {i} of {len(steps)} steps")
                 running = loop.run_in_executor(self.executor, self._timed, step, images)
                 results.append(await asyncio.shield(running))
+                self._queued -= images
+                left -= images
         finally:
-            if running is not None and not running.done():  # the client went away mid-step
-                running.add_done_callback(self._release_when_done(cost))
+            if running is not None and not running.done():  # cancelled mid-step
+                running.add_done_callback(self._release_when_done(left))
             else:
-                self._queued -= cost
+                self._queued -= left
         self.stats.record(images, 1, forwards=len(steps))
         return results
 

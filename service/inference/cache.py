@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
+import torch
+
 from service import artifacts
 from service.inference.errors import ModelNotAvailable
 from service.inference.predictor import LoadedModel
@@ -113,12 +115,13 @@ class ModelCache:
         ):
             self._models.popitem(last=False)
 
-    def check_servable(self, job_id: int) -> None:
+    def check_servable(self, job_id: int, *, files_too: bool = False) -> None:
         """Raise ModelNotAvailable unless the model is loaded or its files look loadable (the
-        description parses, the weights' header and size agree), without loading it: a
-        readiness probe must not load models and push others out of the cache."""
+        description is sound, the weights' header names the network's tensors), without
+        loading it: a readiness probe must not load models and push others out of the cache.
+        ``files_too``: the files even when the model is loaded (they are about to be sent)."""
         job_id = int(job_id)
-        if self.is_loaded(job_id):
+        if self.is_loaded(job_id) and not files_too:
             return
         self._require_files(job_id)
         with _as_not_available(job_id):
@@ -135,7 +138,12 @@ class ModelCache:
         self._require_files(job_id)
         with _as_not_available(job_id):
             model, description = artifacts.load_trained_model(self.artifact_dir, job_id)
-        return LoadedModel(model, description, device=self.device)
+            loaded = LoadedModel(model, description, device=self.device)
+            # One blank image through it: a description that does not fit its network (another
+            # input side) fails here, as "damaged", not in a request's forward as a 500.
+            side = loaded.input_side
+            loaded.probabilities(torch.zeros(1, 1, side, side))
+        return loaded
 
     def _nbytes(self) -> int:
         return sum(m.nbytes for m in self._models.values())
@@ -146,6 +154,7 @@ class ModelCache:
             loaded = self._models.get(int(job_id))
             if loaded is not None:
                 self._models.move_to_end(int(job_id))
+                self._trim()  # a model grows by its MC dropout copy once it serves MC
             return loaded
 
     def nbytes(self) -> int:

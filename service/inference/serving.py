@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -48,13 +48,23 @@ NPY_INLINE_BYTES = 1 << 20
 JSON_INLINE_BYTES = 1 << 18
 
 
-class DecodeBusy(RuntimeError):
-    """The decode threads have more uploads waiting than MAX_DECODE_BACKLOG allows."""
+# Bytes of large JSON bodies waiting for (or in) the decode threads. Parsing one is a long C
+# call that holds the GIL, and the event loop waits for it: 30 bodies of 20 MB at once kept
+# /v2/health/live waiting 9 s. About two bodies at the largest upload size; past it, 503.
+MAX_JSON_BACKLOG = 48 * 1024 * 1024
+JSON_BYTES_PER_SECOND = 20_000_000  # parsed and checked, 2 cores: for Retry-After only
 
-    def __init__(self, backlog: int, limit: int) -> None:
-        self.retry_after = max(1, math.ceil(backlog / DECODE_PIXELS_PER_SECOND))
+
+class DecodeBusy(RuntimeError):
+    """The decode threads have more uploads waiting than MAX_DECODE_BACKLOG allows (or more
+    large JSON bodies than MAX_JSON_BACKLOG)."""
+
+    def __init__(
+        self, backlog: int, limit: int, unit: str = "pixels", rate: float = DECODE_PIXELS_PER_SECOND
+    ) -> None:
+        self.retry_after = max(1, math.ceil(backlog / rate))
         super().__init__(
-            f"the server is decoding other uploads ({backlog:,} pixels waiting, limit "
+            f"the server is decoding other uploads ({backlog:,} {unit} waiting, limit "
             f"{limit:,}); retry in {self.retry_after} s"
         )
 
@@ -91,6 +101,7 @@ class Serving:
         # from the decode threads, so that it never waits behind the decoding it gates.
         self.peek_executor = ThreadPoolExecutor(1, thread_name_prefix="peek")
         self.decode_backlog = 0  # pixels of the uploads queued for or in the decode threads
+        self.json_backlog = 0  # bytes of the large JSON bodies among them
         self.max_decode_backlog = MAX_DECODE_BACKLOG
         self.succeeded: set[int] = set()  # job ids seen succeeded: a succeeded job never changes
         self._batchers: dict[int, tuple[LoadedModel, Batcher]] = {}
@@ -147,13 +158,23 @@ class Serving:
     async def parse_body(self, body: bytes, work: Callable[[], T]) -> T:
         """``work()`` (parsing ``body``: JSON instances or tensors): here for a small body; for
         one over JSON_INLINE_BYTES, in a decode thread, under the same backlog bound as
-        uploads. Parsing 20 MB of JSON numbers takes about a second, which on the event loop
-        stalled every other request, /v2/health/live included.
+        uploads and one of its own (MAX_JSON_BACKLOG). Parsing 20 MB of JSON numbers takes
+        about a second, which on the event loop stalled every other request, /v2/health/live
+        included.
 
         Raises ``DecodeBusy``, and whatever ``work`` raises."""
         if len(body) <= JSON_INLINE_BYTES:
             return work()
-        return await self._decode(len(body), work)
+        size = len(body)
+        if self.json_backlog and self.json_backlog + size > MAX_JSON_BACKLOG:
+            raise DecodeBusy(
+                self.json_backlog, MAX_JSON_BACKLOG, "bytes of JSON", JSON_BYTES_PER_SECOND
+            )
+        self.json_backlog += size
+        try:
+            return await self._decode(size, work)
+        finally:
+            self.json_backlog -= size
 
     async def _decode(self, cost: int, work: Callable[[], T]) -> T:
         # One request alone is always taken, whatever its cost (its own limits bound it).
@@ -182,13 +203,20 @@ class Serving:
         return await batcher.run_alone(images)
 
     async def mc_dropout(
-        self, loaded: LoadedModel, images: Inputs, passes: int, seed: int
+        self,
+        loaded: LoadedModel,
+        images: Inputs,
+        passes: int,
+        seed: int,
+        *,
+        abandoned: Callable[[], Awaitable[bool]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std of ``passes`` MC dropout passes (``LoadedModel.mc_dropout``), on the
         forward thread one pass at a time, so that other models' batches run in between; the
         request counts as passes × N images against the model's queue.
 
-        Raises ``QueueFull`` when that does not fit."""
+        Raises ``QueueFull`` when that does not fit; ``Abandoned`` when ``abandoned()`` says,
+        between two passes, that the client went away."""
         generator = loaded.mc_generator(seed)
         prepared: list[torch.Tensor] = []
 
@@ -197,7 +225,9 @@ class Serving:
                 prepared.append(loaded.model_input([images]))
             return loaded.mc_pass(prepared[0], generator)
 
-        runs = await self.batcher(loaded).run_in_turns([one_pass] * passes, images=len(images))
+        runs = await self.batcher(loaded).run_in_turns(
+            [one_pass] * passes, images=len(images), abandoned=abandoned
+        )
         return mc_summary(runs)
 
     def stats(self) -> dict[str, object]:

@@ -528,3 +528,28 @@ def test_large_json_bodies_answer_as_small_ones(
     predict = f"/models/{models['lenet']}/predict"
     v1 = _probabilities(client.post(predict, content=instances, headers=headers))
     assert np.allclose(v1, got, atol=1e-5)
+
+
+def test_an_mc_request_whose_client_left_stops_between_passes(
+    server: LiveServer, client: httpx.Client, models: dict[str, int]
+) -> None:
+    """uvicorn does not cancel a handler whose client has gone: the passes ask between them."""
+    model = models["lenet"]
+    stats = f"/v2/models/{model}/stats"
+    before = client.get(stats).json()
+    body = json.dumps({"instances": as_instances(_images(256, seed=5)), "mc_dropout": 100}).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:
+        raw.sendall(
+            f"POST /models/{model}/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
+            f"\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        time.sleep(0.3)  # into the passes
+    deadline = time.monotonic() + 30
+    while client.get(stats).json()["queued"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = client.get(stats).json()
+    assert after["queued"] == 0
+    assert after["requests"] == before["requests"]  # it never finished
+    assert after["batches"] - before["batches"] < 100
+    assert "the client went away; no answer" in server.log()

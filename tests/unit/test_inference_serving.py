@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -333,30 +335,63 @@ def test_an_mc_dropout_copy_counts_in_the_bytes_and_the_others_make_room(
     assert cache.loaded_job_ids() == [1, 2]
     loaded.mc_dropout(loaded.prepare(list(_pixels(2))), passes=2, seed=0)  # makes its copy
     assert loaded.nbytes == 2 * lenet
-    assert cache.get(2) is loaded and cache.loaded_job_ids() == [2]  # softmax made room
+    assert cache.peek(2) is loaded and cache.loaded_job_ids() == [2]  # softmax made room
+
+
+def _description_with(**changes: object) -> Callable[[bytes], bytes]:
+    return lambda data: json.dumps({**json.loads(data), **changes}).encode()
+
+
+def _nan_weights(data: bytes) -> bytes:
+    """The same header, with the last 64 bytes of data (floats) made NaN."""
+    return data[:-64] + b"\xff" * 64
 
 
 @pytest.mark.parametrize(
-    ("name", "damage"),
+    ("name", "damage", "caught_by_the_check"),
     [
-        ("model.safetensors", b"garbage"),
-        ("model.safetensors", None),  # truncated to half
-        ("model.json", b"{bad json"),
-        ("model.json", b'{"job_id": 5}'),  # fields missing
+        ("model.safetensors", lambda d: b"garbage", True),
+        ("model.safetensors", lambda d: d[: len(d) // 2], True),  # truncated
+        ("model.safetensors", _nan_weights, False),  # only loading reads the data
+        ("model.json", lambda d: b"{bad json", True),
+        ("model.json", lambda d: b'{"job_id": 5}', True),  # fields missing
+        ("model.json", lambda d: b"[]", True),
+        ("model.json", _description_with(input_side="x"), True),
+        ("model.json", _description_with(input_side=100_000), True),  # had allocated 40 GB
+        ("model.json", _description_with(class_names=["a", "b", "c"]), True),
+        ("model.json", _description_with(model="nope"), True),
+        (
+            "model.json",
+            _description_with(model="softmax", model_kwargs={}),
+            True,
+        ),  # not its weights
+        ("model.json", _description_with(input_side=20), False),  # a forward finds it
     ],
 )
 def test_damaged_model_files_are_not_available_not_a_crash(
-    tmp_path: Path, name: str, damage: bytes | None
+    tmp_path: Path, name: str, damage: Callable[[bytes], bytes], caught_by_the_check: bool
 ) -> None:
     _save(tmp_path, 5, "lenet", dropout=0.5)
     path = tmp_path / "jobs" / "5" / name
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2] if damage is None else damage)
+    path.write_bytes(damage(path.read_bytes()))
     cache = ModelCache(tmp_path)
-    for attempt in (cache.check_servable, cache.get):
+    if caught_by_the_check:
         with pytest.raises(ModelNotAvailable, match="damaged and cannot be loaded"):
-            attempt(5)
+            cache.check_servable(5)
+    with pytest.raises(ModelNotAvailable, match="damaged and cannot be loaded"):
+        cache.get(5)
     assert len(cache) == 0
+
+
+def test_files_damaged_after_the_model_loaded_are_found_when_asked(tmp_path: Path) -> None:
+    """Export sends the stored weights file: checked even though the model is loaded."""
+    _save(tmp_path, 5, "lenet")
+    cache = ModelCache(tmp_path)
+    cache.get(5)
+    (tmp_path / "jobs" / "5" / "model.safetensors").write_bytes(b"3000 random bytes")
+    cache.check_servable(5)  # loaded: a probe does not read files
+    with pytest.raises(ModelNotAvailable, match="damaged"):
+        cache.check_servable(5, files_too=True)
 
 
 def test_a_servable_check_loads_nothing(artifact_dir: Path) -> None:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from service.api.params import decimal_int
 from service.inference import (
+    Abandoned,
     Batcher,
     DecodeBusy,
     InvalidInput,
@@ -31,7 +32,7 @@ from service.inference import (
     uploads,
 )
 from service.inference.images import MAX_PIXELS
-from service.inference.serving import JSON_INLINE_BYTES
+from service.inference.serving import JSON_INLINE_BYTES, MAX_JSON_BACKLOG
 from tests.unit.saved_models import save_model
 
 CLASSES = [f"class {k}" for k in range(10)]
@@ -298,7 +299,17 @@ def test_a_large_json_body_is_parsed_in_a_decode_thread_under_the_backlog(
             await serving.parse_body(large, where)
         gate.set()
         await held
-        assert serving.decode_backlog == 0
+        assert serving.decode_backlog == 0 == serving.json_backlog
+        # Large JSON bodies have a bound of their own too: each parse holds the GIL.
+        serving.max_decode_backlog = 10**12
+        huge = b"x" * (MAX_JSON_BACKLOG // 2 + 1)
+        gate.clear()
+        held = asyncio.ensure_future(serving.parse_body(huge, lambda: gate.wait(10)))
+        await asyncio.sleep(0.05)
+        with pytest.raises(DecodeBusy, match="bytes of JSON"):
+            await serving.parse_body(huge, where)
+        gate.set()
+        await held
 
     try:
         asyncio.run(scenario())
@@ -407,10 +418,36 @@ def test_run_in_turns_counts_its_whole_cost_against_the_queue() -> None:
     asyncio.run(scenario())
     assert batcher.stats.rejected == 2
     assert threads and threads[0] != threading.main_thread().name
-    # Served work is in the stats: 4 passes over 20 images, then 1 over 500, one request each.
+    # Served work is in the stats: 4 passes over 20 images, then 1 over 500, one request each;
+    # images counts each pass's, so that mean_batch is a forward's.
     stats = batcher.stats.as_dict()
-    assert stats["requests"] == 2 and stats["batches"] == 5 and stats["images"] == 520
-    assert stats["sizes"] == {"20": 4, "500": 1}
+    assert stats["requests"] == 2 and stats["batches"] == 5 and stats["images"] == 580
+    assert stats["sizes"] == {"20": 4, "500": 1} and stats["mean_batch"] == 116
+
+
+def test_turns_leave_the_queue_as_they_are_done_and_stop_when_abandoned() -> None:
+    """Retry-After counts what is left of a long MC request, not its whole; a client gone
+    (asked between passes: uvicorn does not cancel a handler whose client left) stops it."""
+    batcher = Batcher(lambda inputs: torch.cat(inputs), max_queue=1000)
+    seen: list[int] = []
+    ran: list[int] = []
+
+    def step() -> None:
+        ran.append(1)
+        seen.append(batcher.queued)
+
+    async def gone_after_three() -> bool:
+        return len(ran) >= 3
+
+    async def scenario() -> None:
+        assert len(await batcher.run_in_turns([step] * 4, images=10)) == 4
+        assert seen == [40, 30, 20, 10] and batcher.queued == 0
+        ran.clear()
+        with pytest.raises(Abandoned):
+            await batcher.run_in_turns([step] * 10, images=10, abandoned=gone_after_three)
+        assert len(ran) == 3 and batcher.queued == 0
+
+    asyncio.run(scenario())
 
 
 def test_other_work_on_the_forward_thread_runs_between_the_turns() -> None:
